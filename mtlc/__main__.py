@@ -1,0 +1,5 @@
+import sys
+
+from mtlc.cli import main
+
+sys.exit(main())
