@@ -1,0 +1,482 @@
+"""Training many small multi-task networks: configuration, model specs and the public entry point.
+
+A learning-curve study trains thousands of networks that differ only in which (compound, task)
+pairs they see. Each network is described by a :class:`ModelSpec`; :func:`train_models` trains
+them all (stacking compatible ones into *fleets*, see :mod:`mtlc.fleet`) and returns one long
+table of test-fold metrics.
+
+Every random choice of a model comes from its own ``seed`` (inner validation split, batch order,
+initial weights, dropout masks), never from a global or fleet-wide stream, so a model's numbers do
+not depend on which other models it was trained with.
+
+:func:`train_reference` trains one spec with a plain per-model PyTorch loop
+(:class:`mtlc.models.MultiTaskNet` + ``torch.optim.Adam``), from the same initial weights, the same
+inner validation split and the same batch order. It is the yardstick for the fleet (tests and
+``benchmarks/bench_fleet.py``), not the production path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from mtlc.datasets._core import MultiTaskDataset
+from mtlc.errors import ConfigError
+from mtlc.evaluate import evaluation_rows
+
+__all__ = [
+    "TrainConfig",
+    "ModelSpec",
+    "PreparedModel",
+    "prepare_specs",
+    "init_weights",
+    "train_models",
+    "train_reference",
+    "RESULT_COLUMNS",
+]
+
+#: Columns every result table has, after the spec's ``key`` columns.
+RESULT_COLUMNS = [
+    "task",
+    "metric",
+    "value",
+    "note",
+    "n_test_pos",
+    "n_test_neg",
+    "epochs",
+    "best_epoch",
+    "train_seconds",
+    "n_train_pairs",
+    "n_val_pairs",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters shared by every network of a study.
+
+    hidden:
+        Widths of the trunk's hidden layers. The default ``(256,)`` is the width chosen by
+        measurement for the study (see ``benchmarks/README.md``): the first layer dominates the
+        cost of training a fleet (Adam touches every trainable row every step), and 256 keeps the
+        kiba exact-curve study within budget while leaving the trunk wide enough for 200+ heads.
+    dropout:
+        Dropout probability after every hidden ReLU.
+    lr:
+        Adam learning rate (betas 0.9/0.999, eps 1e-8, as ``torch.optim.Adam``).
+    batch_size:
+        Compounds per mini-batch (a compound carries all its labelled tasks of the model).
+    max_epochs:
+        Upper bound on passes over the model's training compounds.
+    patience:
+        Early stopping: stop after ``patience`` epochs without a strict improvement of the inner
+        validation loss; the weights of the best epoch are kept. Never uses the test fold.
+    val_fraction:
+        Fraction of each model's training *compounds* held out as inner validation (0 turns
+        early stopping off: the model trains ``max_epochs`` and the last epoch is kept).
+    weight_decay:
+        L2 penalty added to the gradient (``torch.optim.Adam`` semantics).
+    device:
+        ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ...
+    dtype:
+        ``"float32"`` (study) or ``"float64"`` (tests).
+    """
+
+    hidden: tuple[int, ...] = (256,)
+    dropout: float = 0.2
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 25
+    patience: int = 5
+    val_fraction: float = 0.1
+    weight_decay: float = 0.0
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"TrainConfig.hidden must be positive widths, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"TrainConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(
+                f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}"
+            )
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
+            raise ConfigError("TrainConfig.batch_size, max_epochs and patience must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(
+                f"TrainConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dtype == "float32" else torch.float64
+
+    def hash(self) -> str:
+        """Stable 12-hex-digit hash of everything that changes the numbers.
+
+        ``device`` is left out: the same config on CPU or CUDA is the same experiment.
+        """
+        d = asdict(self)
+        d.pop("device")
+        d["hidden"] = list(d["hidden"])
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One network to train.
+
+    train_rows, train_cols:
+        int64 arrays of equal length: the labelled (compound index, task index) pairs the model
+        trains on (inner validation is carved from these, by compound). Every pair must be
+        labelled in the data set.
+    test_compounds:
+        Compound indices of the test fold; must not overlap the training compounds.
+    eval_tasks:
+        Task indices evaluated on the test fold (e.g. just the target for a single-task model).
+    seed:
+        The model's own seed (validation split, batch order, initial weights, dropout).
+    key:
+        Metadata copied into every result row (fold, regime, task, n_task, ...).
+    """
+
+    train_rows: np.ndarray
+    train_cols: np.ndarray
+    test_compounds: np.ndarray
+    eval_tasks: np.ndarray
+    seed: int
+    key: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedModel:
+    """A spec resolved against a data set: what a trainer needs, in local coordinates.
+
+    ``tasks`` (T,) are the dataset task indices of the model's heads (sorted union of training
+    and evaluation tasks). Label matrices are dense ``(n, T)`` float with a 0/1 mask of the
+    labelled pairs. Seeds are derived from the spec seed, one stream per purpose.
+    """
+
+    index: int
+    tasks: np.ndarray
+    train_compounds: np.ndarray
+    train_y: np.ndarray
+    train_mask: np.ndarray
+    val_compounds: np.ndarray
+    val_y: np.ndarray
+    val_mask: np.ndarray
+    test_compounds: np.ndarray
+    test_y: np.ndarray
+    test_mask: np.ndarray
+    eval_local: np.ndarray
+    order_seed: int
+    init_seed: int
+    dropout_seed: int
+    n_train_pairs: int
+    n_val_pairs: int
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.tasks)
+
+    def n_batches(self, batch_size: int) -> int:
+        return max(1, -(-len(self.train_compounds) // batch_size))
+
+
+@dataclass
+class TrainOutcome:
+    """What a trainer returns for one model: test scores of the best epoch and bookkeeping."""
+
+    test_scores: np.ndarray  # (n_test, T) logits
+    epochs: int
+    best_epoch: int
+    seconds: float
+    val_losses: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- preparation
+def _seeds(seed: int) -> tuple[int, int, int, int]:
+    """Four independent 32-bit seeds (split, order, init, dropout) from one spec seed."""
+    kids = np.random.SeedSequence(int(seed)).spawn(4)
+    return tuple(int(k.generate_state(1, dtype=np.uint32)[0]) for k in kids)  # type: ignore[return-value]
+
+
+def _dense_labels(
+    lookup: sp.csr_matrix, compounds: np.ndarray, tasks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (n, T) labels and mask from a CSR of 1 = active, -1 = inactive, 0 = unmeasured."""
+    sub = lookup[compounds][:, tasks].toarray()
+    return (sub > 0).astype(np.float32), (sub != 0).astype(np.float32)
+
+
+def prepare_specs(
+    ds: MultiTaskDataset, specs: Sequence[ModelSpec], config: TrainConfig
+) -> list[PreparedModel]:
+    """Resolve specs against ``ds``: heads, inner validation split (by compound), label matrices.
+
+    Raises :class:`ConfigError` naming the spec when a training pair is unlabelled, an index is
+    out of range, or the test fold overlaps the training compounds.
+    """
+    if ds.X is None:
+        raise ConfigError(f"data set {ds.name!r} has no features; featurize it first")
+    lookup = ds.labels_sparse().tocsr()
+    key_all = ds.rows.astype(np.int64) * ds.n_tasks + ds.cols.astype(np.int64)
+    order = np.argsort(key_all, kind="stable")
+    key_sorted = key_all[order]
+    out = []
+    for i, spec in enumerate(specs):
+        rows = np.asarray(spec.train_rows, dtype=np.int64)
+        cols = np.asarray(spec.train_cols, dtype=np.int64)
+        test = np.unique(np.asarray(spec.test_compounds, dtype=np.int64))
+        evt = np.unique(np.asarray(spec.eval_tasks, dtype=np.int64))
+        if rows.shape != cols.shape or rows.ndim != 1:
+            raise ConfigError(
+                f"spec {i} ({dict(spec.key)}): train_rows and train_cols differ in shape"
+            )
+        if len(rows) == 0:
+            raise ConfigError(f"spec {i} ({dict(spec.key)}): no training pairs")
+        for name, arr, hi in (
+            ("train_rows", rows, ds.n_compounds),
+            ("train_cols", cols, ds.n_tasks),
+            ("test_compounds", test, ds.n_compounds),
+            ("eval_tasks", evt, ds.n_tasks),
+        ):
+            if len(arr) and (arr.min() < 0 or arr.max() >= hi):
+                raise ConfigError(f"spec {i} ({dict(spec.key)}): {name} out of range 0..{hi - 1}")
+        k = rows * ds.n_tasks + cols
+        pos = np.searchsorted(key_sorted, k)
+        ok = (pos < len(key_sorted)) & (key_sorted[np.minimum(pos, len(key_sorted) - 1)] == k)
+        if not ok.all():
+            j = int(np.flatnonzero(~ok)[0])
+            raise ConfigError(
+                f"spec {i} ({dict(spec.key)}): training pair (compound {rows[j]}, task {cols[j]}) "
+                f"has no label in {ds.name!r}; list only labelled pairs"
+            )
+        if len(np.unique(k)) != len(k):
+            raise ConfigError(f"spec {i} ({dict(spec.key)}): duplicated training pairs")
+        comps = np.unique(rows)
+        if np.intersect1d(comps, test, assume_unique=True).size:
+            raise ConfigError(
+                f"spec {i} ({dict(spec.key)}): test compounds overlap training compounds"
+            )
+        tasks = np.union1d(np.unique(cols), evt)
+        s_split, s_order, s_init, s_drop = _seeds(spec.seed)
+        n_val = 0
+        if config.val_fraction > 0 and len(comps) >= 2:
+            n_val = min(len(comps) - 1, max(1, int(round(config.val_fraction * len(comps)))))
+        perm = np.random.default_rng(s_split).permutation(len(comps))
+        val_c = np.sort(comps[perm[:n_val]])
+        tr_c = np.sort(comps[perm[n_val:]])
+        # Only the spec's pairs are labels for this model (not every label the data set holds).
+        local = np.searchsorted(tasks, cols)
+        spec_lab = sp.csr_matrix(
+            (np.where(lookup[rows, cols].A1 > 0, 1, -1).astype(np.int8), (rows, local)),
+            shape=(ds.n_compounds, len(tasks)),
+        )
+        all_t = np.arange(len(tasks))
+        ty, tm = _dense_labels(spec_lab, tr_c, all_t)
+        vy, vm = _dense_labels(spec_lab, val_c, all_t)
+        # Test: labelled compounds of the evaluation tasks only.
+        ey, em = _dense_labels(lookup, test, evt)
+        keep = em.any(axis=1)
+        test_c = test[keep]
+        eval_local = np.searchsorted(tasks, evt)
+        out.append(
+            PreparedModel(
+                index=i,
+                tasks=tasks,
+                train_compounds=tr_c,
+                train_y=ty,
+                train_mask=tm,
+                val_compounds=val_c,
+                val_y=vy,
+                val_mask=vm,
+                test_compounds=test_c,
+                test_y=ey[keep],
+                test_mask=em[keep],
+                eval_local=eval_local,
+                order_seed=s_order,
+                init_seed=s_init,
+                dropout_seed=s_drop,
+                n_train_pairs=int(tm.sum()),
+                n_val_pairs=int(vm.sum()),
+            )
+        )
+    return out
+
+
+def init_weights(
+    n_features: int, n_heads: int, hidden: Sequence[int], seed: int
+) -> list[torch.Tensor]:
+    """Initial weights of one network, float64, drawn from a generator seeded with ``seed``.
+
+    Returns ``[W1 (F, H0), b1 (H0,), W2 (H0, H1), b2 (H1,), ..., Wh (H_last, T), bh (T,)]`` with
+    weights stored input-major (``h @ W``). Distribution as ``nn.Linear``:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    sizes = [n_features, *[int(h) for h in hidden], n_heads]
+    out = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        bound = 1.0 / np.sqrt(a)
+        for shape in ((a, b), (b,)):
+            out.append((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound)
+    return out
+
+
+def batch_order(order_seed: int, n: int) -> np.random.Generator:
+    """The generator that yields a model's per-epoch permutations (``rng.permutation(n)``)."""
+    return np.random.default_rng(order_seed)
+
+
+# ---------------------------------------------------------------------------- entry point
+def train_models(
+    ds: MultiTaskDataset,
+    specs: Sequence[ModelSpec],
+    config: TrainConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+    max_fleet_bytes: int = 1_500_000_000,
+) -> pd.DataFrame:
+    """Train every spec and evaluate it on its test fold.
+
+    Specs with the same number of heads are stacked into fleets (:mod:`mtlc.fleet`), each fleet
+    at most ``max_fleet_bytes`` of trainable state. Returns a long table with one row per
+    (spec, eval task, metric): the spec's ``key`` columns, then :data:`RESULT_COLUMNS`
+    (``task`` is the task id string, ``metric`` is ``"roc_auc"`` or ``"avg_precision"``,
+    ``value`` is NaN with a ``note`` when undefined, ``train_seconds`` is the model's share of
+    its fleet's wall time, proportional to the optimizer steps it took).
+
+    ``progress(k)`` is called with the number of specs that just finished (an increment, so
+    ``tqdm.update`` fits).
+    """
+    from mtlc.fleet import train_fleets
+
+    if not specs:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    prepared = prepare_specs(ds, specs, config)
+    outcomes = train_fleets(ds.X, prepared, config, progress=progress, max_bytes=max_fleet_bytes)
+    return _result_table(ds, specs, prepared, outcomes)
+
+
+def _result_table(
+    ds: MultiTaskDataset,
+    specs: Sequence[ModelSpec],
+    prepared: Sequence[PreparedModel],
+    outcomes: Sequence[TrainOutcome],
+) -> pd.DataFrame:
+    task_ids = ds.tasks["task_id"].to_numpy()
+    frames = []
+    for spec, pm, oc in zip(specs, prepared, outcomes, strict=True):
+        rows = evaluation_rows(
+            pm.test_y,
+            pm.test_mask,
+            oc.test_scores[:, pm.eval_local],
+            task_ids[pm.tasks[pm.eval_local]],
+        )
+        for r in rows:
+            r.update(
+                epochs=oc.epochs,
+                best_epoch=oc.best_epoch,
+                train_seconds=oc.seconds,
+                n_train_pairs=pm.n_train_pairs,
+                n_val_pairs=pm.n_val_pairs,
+            )
+            frames.append({**dict(spec.key), **r})
+    return pd.DataFrame(frames)
+
+
+# ---------------------------------------------------------------------------- reference loop
+def train_reference(
+    X: sp.csr_matrix, pm: PreparedModel, config: TrainConfig, *, dropout_seed: int | None = None
+) -> TrainOutcome:
+    """Train one prepared model with a plain PyTorch loop (the fleet's yardstick).
+
+    Same initial weights (:func:`init_weights`), inner validation split, batch order, loss and
+    early stopping as the fleet; ``torch.optim.Adam`` and ``nn.functional.dropout`` driven by
+    ``torch.manual_seed(dropout_seed)`` (so with dropout on, the masks differ from the fleet's,
+    which draws them from the model's own generator).
+    """
+    from mtlc.models import MultiTaskNet, SparseBatch, masked_bce, resolve_device
+
+    t0 = time.perf_counter()
+    dev = resolve_device(config.device)
+    dt = config.torch_dtype
+    net = MultiTaskNet(X.shape[1], pm.n_heads, hidden=config.hidden, dropout=config.dropout)
+    w = init_weights(X.shape[1], pm.n_heads, config.hidden, pm.init_seed)
+    with torch.no_grad():
+        net.embed.weight.copy_(w[0])
+        net.bias0.copy_(w[1])
+        for j, layer in enumerate(net.layers):
+            layer.weight.copy_(w[2 + 2 * j].T)
+            layer.bias.copy_(w[3 + 2 * j])
+        net.head.weight.copy_(w[-2].T)
+        net.head.bias.copy_(w[-1])
+    net = net.to(device=dev, dtype=dt)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    torch.manual_seed(pm.dropout_seed if dropout_seed is None else dropout_seed)
+
+    def tens(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=dt, device=dev)
+
+    ty, tm = tens(pm.train_y), tens(pm.train_mask)
+    vy, vm = tens(pm.val_y), tens(pm.val_mask)
+    xv = SparseBatch.from_csr(X, pm.val_compounds, device=dev)
+    rng = batch_order(pm.order_seed, len(pm.train_compounds))
+    n = len(pm.train_compounds)
+    best = float("inf")
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    best_epoch = 0
+    losses = []
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        net.train()
+        perm = rng.permutation(n)
+        for s in range(0, n, config.batch_size):
+            b = perm[s : s + config.batch_size]
+            xb = SparseBatch.from_csr(X, pm.train_compounds[b], device=dev)
+            loss = masked_bce(net(xb), ty[b], tm[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if len(pm.val_compounds):
+            net.eval()
+            with torch.no_grad():
+                vl = float(masked_bce(net(xv), vy, vm))
+        else:
+            vl = -float(epoch)  # no validation: every epoch "improves", the last one is kept
+        losses.append(vl)
+        if vl < best:
+            best, best_epoch = vl, epoch
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        elif epoch - best_epoch >= config.patience:
+            break
+    net.load_state_dict(best_state)
+    net.eval()
+    with torch.no_grad():
+        xt = SparseBatch.from_csr(X, pm.test_compounds, device=dev)
+        scores = (
+            net(xt).double().cpu().numpy() if len(pm.test_compounds) else np.zeros((0, pm.n_heads))
+        )
+    return TrainOutcome(
+        test_scores=scores,
+        epochs=epoch,
+        best_epoch=best_epoch,
+        seconds=time.perf_counter() - t0,
+        val_losses=losses,
+    )
