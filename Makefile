@@ -1,0 +1,57 @@
+# mtlc: two commands do everything.
+#   make book   -> .venv (once), execute notebooks (papermill, PROFILE=smoke), build the HTML book
+#   make test   -> the same, then the test suite (which reads the executed notebooks and the HTML)
+# The venv is bootstrapped once; the stamp .venv/.installed (newer than pyproject.toml) makes a
+# second run skip pip. pip is the machine's configured pip (local torch wheel via find-links).
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROFILE ?= smoke
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+PYTEST_ARGS ?= -n 2
+
+.PHONY: all venv executed html book test lab lint format clean distclean
+
+all: book
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name mtlc --display-name "mtlc (.venv)"
+	touch $(STAMP)
+
+# Execute every notebook (never in place) into book/executed/ with the venv's python kernel.
+executed: $(STAMP)
+	$(BIN)/mtlc book execute --profile $(PROFILE)
+
+# Build the HTML from the executed copies (execution off); warnings are errors.
+html: $(STAMP)
+	$(BIN)/jupyter-book build -W --keep-going .
+
+book: venv executed html
+	@echo "book: open _build/html/index.html"
+
+# pytest exit code 5 means "no tests collected": that is a broken suite, keep it an error.
+test: venv executed html
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=. notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf _build book/executed .pytest_cache .ruff_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,40 @@
+"""Shared fixtures: repository paths, executed notebooks, and the CI flag.
+
+Tests that read an executed notebook skip with a reason when ``make executed`` has not run; in
+CI (``CI=true``) ``make test`` always executes first, so those skips cannot hide there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = ROOT / "book" / "executed"
+HTML = ROOT / "_build" / "html"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def executed_notebook(name: str) -> Path:
+    """Path of ``book/executed/<name>.ipynb``; skip (fail in CI) when it has not been executed."""
+    path = EXECUTED / f"{name}.ipynb"
+    if not path.exists():
+        msg = (
+            f"{path.relative_to(ROOT)} missing: run `make executed` (or `mtlc book execute {name}`)"
+        )
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def in_ci() -> bool:
+    return IN_CI
