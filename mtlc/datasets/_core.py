@@ -126,7 +126,13 @@ class MultiTaskDataset:
         k = len(self.tasks)
         n = np.bincount(self.cols, minlength=k)
         a = np.bincount(self.cols, weights=self.y, minlength=k).astype(np.int64)
-        self.tasks = self.tasks[["task_id"]].assign(n_measured=n, n_active=a, n_inactive=n - a)
+        counts = ("task_id", "n_measured", "n_active", "n_inactive")
+        base = self.tasks[["task_id"]].assign(n_measured=n, n_active=a, n_inactive=n - a)
+        # Keep per-task annotations (e.g. the synthetic data's planted ``group``) after the counts.
+        for c in self.tasks.columns:
+            if c not in counts:
+                base[c] = self.tasks[c].to_numpy()
+        self.tasks = base
 
     # ------------------------------------------------------------------ shape
     @property
@@ -226,7 +232,7 @@ class MultiTaskDataset:
         ds = MultiTaskDataset(
             name=self.name,
             compounds=self.compounds.iloc[cidx].reset_index(drop=True),
-            tasks=self.tasks.iloc[keep_t][["task_id"]].reset_index(drop=True),
+            tasks=self.tasks.iloc[keep_t].reset_index(drop=True),
             rows=rows[order],
             cols=cols[order],
             y=self.y[sel][order],
