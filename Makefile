@@ -35,9 +35,11 @@ html: $(STAMP)
 book: venv executed html
 	@echo "book: open _build/html/index.html"
 
-# pytest exit code 5 means "no tests collected": that is a broken suite, keep it an error.
+# pytest exit code 5 means "no tests collected": a broken suite, so an error with a clear message.
 test: venv executed html
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken" >&2; fi; \
+	exit $$rc
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. notebooks
