@@ -1,0 +1,582 @@
+"""Run learning-curve designs into a results store, and turn stored results into curves.
+
+- :func:`run_design` trains the specs of a design that the store does not hold yet, in chunks,
+  appending one part file per chunk (resumable; a failing job is recorded with its reason and
+  the run goes on).
+- :func:`run_study` is what ``mtlc train`` calls: load a data set, pick tasks, assign folds,
+  build the design of one regime, run it.
+- :func:`learning_curves` aggregates a store table into curves: mean and spread over folds per
+  (dataset, split, regime, partner, task, size); :func:`curve_matrix` gives the
+  ``(sizes, scores[n_sizes, n_folds])`` shape of ``sklearn.model_selection.learning_curve``.
+- :func:`smoke_study` runs (or resumes) the small study the chapters use in the smoke profile,
+  cached on disk so that the learning-curve and curve-fitting chapters share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mtlc.datasets._core import MultiTaskDataset
+from mtlc.designs import REGIMES, Design, DesignContext, FoldPools, make_design
+from mtlc.errors import ConfigError, MtlcError
+from mtlc.store import SCHEMA, ResultsStore
+
+# Regimes whose specs have one target task (checked for a two-class training subsample).
+_TARGETED = ("stl", "pair", "context")
+
+
+@dataclass
+class RunSummary:
+    """What a :func:`run_design` call did. ``failures``: ``(job_id, target, reason)`` tuples."""
+
+    total: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str | None, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    design_skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"jobs: {self.total} in design, {self.skipped} already in the store (skipped), "
+            f"{self.done} trained, {self.failed} failed, in {self.seconds:.1f} s"
+        ]
+        if self.design_skipped:
+            lines.append(
+                f"design points not generated: {len(self.design_skipped)} "
+                f"(e.g. {self.design_skipped[0]['reason']})"
+            )
+        if self.failures:
+            reasons: dict[str, int] = {}
+            for _, _, r in self.failures:
+                reasons[r.split(";")[0]] = reasons.get(r.split(";")[0], 0) + 1
+            lines.append("failed jobs by reason:")
+            lines += [f"  {n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+        return "\n".join(lines)
+
+
+def _failure_row(spec: Any, reason: str, config_hash: str) -> dict[str, Any]:
+    key = dict(spec.key)
+    sizes = json.loads(key.get("task_sizes") or "{}")
+    target = key.get("target")
+    n_task = sizes.get(target, -1) if target is not None else -1
+    return {
+        **{k: v for k, v in key.items() if k in SCHEMA},
+        "task": target,
+        "n_task": n_task,
+        "n_context": (sum(sizes.values()) - n_task) if target is not None else -1,
+        "metric": "",
+        "value": float("nan"),
+        "note": reason,
+        "status": "failed",
+        "config_hash": config_hash,
+    }
+
+
+class _PairLabels:
+    """Label lookup by (compound, task), built once per run: pairs are unique, so exact."""
+
+    def __init__(self, ds: MultiTaskDataset) -> None:
+        self.n_tasks = ds.n_tasks
+        codes = ds.rows.astype(np.int64) * ds.n_tasks + ds.cols
+        order = np.argsort(codes)
+        self.codes = codes[order]
+        self.y = ds.y[order]
+
+    def __call__(self, rows: np.ndarray, task: int) -> np.ndarray:
+        want = np.asarray(rows, dtype=np.int64) * self.n_tasks + task
+        return self.y[np.searchsorted(self.codes, want)]
+
+
+def _precheck(ds: MultiTaskDataset, spec: Any, labels: _PairLabels) -> str | None:
+    """Reason a targeted spec cannot give a meaningful model, or None."""
+    key = spec.key
+    if key.get("regime") not in _TARGETED or key.get("target") is None:
+        return None
+    t = ds.task_index(key["target"])
+    y = labels(np.asarray(spec.train_rows)[np.asarray(spec.train_cols) == t], t)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        return (
+            f"training subsample of the target has one class only; "
+            f"{key['target']} at n={len(y)} has {n_pos} actives"
+        )
+    return None
+
+
+def _expand_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluated task: ``n_task`` = its size in the model, ``n_context`` = the others' sum."""
+    if "task_sizes" not in df.columns or len(df) == 0:
+        return df
+    cache: dict[str, dict[str, int]] = {}
+    n_task = np.empty(len(df), dtype=np.int64)
+    n_ctx = np.empty(len(df), dtype=np.int64)
+    for k, (ts, task) in enumerate(zip(df["task_sizes"], df["task"], strict=True)):
+        sizes = cache.get(ts)
+        if sizes is None:
+            sizes = cache[ts] = json.loads(ts or "{}")
+        n = int(sizes.get(str(task), 0))
+        n_task[k] = n
+        n_ctx[k] = int(sum(sizes.values())) - n
+    return df.assign(n_task=n_task, n_context=n_ctx)
+
+
+def _default_trainer() -> Callable[..., pd.DataFrame]:
+    try:
+        from mtlc.training import train_models
+    except ImportError as exc:
+        raise MtlcError(
+            f"the training engine (mtlc.training.train_models) is not available: {exc}"
+        ) from None
+    return train_models
+
+
+def run_design(
+    ds: MultiTaskDataset,
+    specs: Design | Sequence[Any],
+    store: ResultsStore | str | os.PathLike,
+    config: Any,
+    *,
+    chunk_size: int = 64,
+    retry_failed: bool = False,
+    progress: bool = True,
+    trainer: Callable[..., pd.DataFrame] | None = None,
+    desc: str = "training",
+) -> RunSummary:
+    """Train the specs the store does not hold yet and append their results, chunk by chunk.
+
+    Parameters
+    ----------
+    ds: the data set the specs index into (with features ``ds.X``).
+    specs: a :class:`mtlc.designs.Design` or a list of ``ModelSpec``.
+    store: a :class:`ResultsStore` or its directory.
+    config: ``mtlc.training.TrainConfig``; its ``hash()`` goes into every row.
+    chunk_size: specs per ``train_models`` call and per part file. A crash loses at most one
+        chunk; bigger chunks let the engine train more models together.
+    retry_failed: train again jobs recorded as failed.
+    progress: a tqdm bar with ETA on stderr.
+    trainer: the training function (default ``mtlc.training.train_models``).
+
+    Returns a :class:`RunSummary`. Per spec: a one-class training subsample of the target, or
+    an exception while training it, is stored as a failed row with the reason.
+    """
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+    if ds.X is None:  # a data-set problem, not a per-job failure: stop before any job
+        raise MtlcError(f"data set {ds.name!r} has no features; load it with features=True")
+    design_skipped = list(getattr(specs, "skipped", []))
+    specs = list(specs)
+    trainer = trainer or _default_trainer()
+    config_hash = str(config.hash()) if hasattr(config, "hash") else ""
+    t0 = time.perf_counter()
+    done_ids = store.done_job_ids(include_failed=not retry_failed)
+    todo = [s for s in specs if s.key["job_id"] not in done_ids]
+    summary = RunSummary(
+        total=len(specs), skipped=len(specs) - len(todo), design_skipped=design_skipped
+    )
+    seen: set[str] = set()
+    dup = [s.key["job_id"] for s in todo if s.key["job_id"] in seen or seen.add(s.key["job_id"])]
+    if dup:
+        raise ConfigError(f"the design holds {len(dup)} duplicated jobs (e.g. {dup[0]})")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(todo),
+        desc=desc,
+        unit="model",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    dropped_cols: set[str] = set()
+    labels = _PairLabels(ds)
+    try:
+        for start in range(0, len(todo), max(1, int(chunk_size))):
+            chunk = todo[start : start + chunk_size]
+            rows: list[pd.DataFrame] = []
+            failed: list[dict[str, Any]] = []
+            trainable = []
+            for s in chunk:
+                reason = _precheck(ds, s, labels)
+                if reason is None:
+                    trainable.append(s)
+                else:
+                    failed.append(_failure_row(s, reason, config_hash))
+                    bar.update(1)
+            if trainable:
+                rows, more_failed = _train_chunk(ds, trainable, config, trainer, bar)
+                failed += [_failure_row(s, r, config_hash) for s, r in more_failed]
+            parts = []
+            if rows:
+                df = pd.concat(rows, ignore_index=True)
+                extra = [c for c in df.columns if c not in SCHEMA]
+                dropped_cols.update(extra)
+                df = _expand_sizes(df.drop(columns=extra))
+                df = df.assign(status="ok", config_hash=config_hash)
+                parts.append(df)
+            if failed:
+                parts.append(pd.DataFrame(failed))
+            if parts:
+                store.append(pd.concat(parts, ignore_index=True))
+            summary.failed += len(failed)
+            summary.done += len(chunk) - len(failed)
+            summary.failures += [(f["job_id"], f["task"], f["note"]) for f in failed]
+    finally:
+        bar.close()
+    if dropped_cols:
+        warnings.warn(
+            f"training results had columns outside the store schema, not stored: "
+            f"{sorted(dropped_cols)}",
+            stacklevel=2,
+        )
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _train_chunk(ds, specs, config, trainer, bar) -> tuple[list[pd.DataFrame], list[tuple]]:
+    """Train a chunk together; if that raises, train its specs one by one to isolate failures."""
+    n_reported = 0
+
+    def tick(k: int = 1) -> None:
+        nonlocal n_reported
+        n_reported += int(k)
+        bar.update(int(k))
+
+    try:
+        return [trainer(ds, specs, config, progress=tick)], []
+    except (KeyboardInterrupt, MemoryError, ImportError):  # not the job's fault: stop
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolate the failing spec below
+        if len(specs) == 1:
+            bar.update(max(0, 1 - n_reported))
+            return [], [(specs[0], f"{type(exc).__name__}: {exc}")]
+    if n_reported:  # the one-by-one retries below report these specs again
+        bar.update(-n_reported)
+    out: list[pd.DataFrame] = []
+    failures: list[tuple] = []
+    for s in specs:
+        rows, fails = _train_chunk(ds, [s], config, trainer, bar)
+        out += rows
+        failures += fails
+    return out, failures
+
+
+# ---------------------------------------------------------------------- studies
+
+
+def select_tasks(ds: MultiTaskDataset, tasks: int | Sequence[str | int] | None) -> tuple[list, str]:
+    """Task indices to study and the ``task_set`` label stored with the results.
+
+    ``tasks=None``: all (``"all"``); an int N: the N tasks with the most labelled pairs (ties by
+    task id; ``"topN"``); a list of ids or indices: those (``"ids:<hash>"``).
+    """
+    if tasks is None:
+        return list(range(ds.n_tasks)), "all"
+    if isinstance(tasks, (int, np.integer)):
+        if tasks < 1:
+            raise ConfigError(f"--tasks must be a positive number of tasks, got {tasks}")
+        t = ds.tasks.assign(_i=np.arange(ds.n_tasks))
+        t = t.sort_values(["n_measured", "task_id"], ascending=[False, True])
+        idx = sorted(t["_i"].to_numpy()[: int(tasks)].tolist())
+        return idx, "all" if len(idx) == ds.n_tasks else f"top{int(tasks)}"
+    idx = []
+    for x in tasks:
+        try:
+            idx.append(ds.task_index(x))
+        except (KeyError, IndexError) as exc:
+            raise ConfigError(f"unknown task {x!r} in {ds.name!r} ({exc})") from None
+    idx = sorted(set(idx))
+    import hashlib
+
+    ids = ",".join(ds.tasks["task_id"].astype(str).to_numpy()[idx])
+    return idx, "all" if len(idx) == ds.n_tasks else "ids:" + hashlib.sha1(
+        ids.encode()
+    ).hexdigest()[:8]
+
+
+def load_dataset(name: str | MultiTaskDataset, **kwargs: Any) -> MultiTaskDataset:
+    """A data set by name via ``mtlc.datasets.load`` (with features), or passed through."""
+    if isinstance(name, MultiTaskDataset):
+        return name
+    try:
+        from mtlc.datasets import load
+    except ImportError as exc:
+        raise MtlcError(f"the data layer (mtlc.datasets.load) is not available: {exc}") from None
+    return load(name, **kwargs)
+
+
+def assign_folds(ds: MultiTaskDataset, *, n_folds: int, split: str, seed: int = 0) -> np.ndarray:
+    """Fold id per compound via ``mtlc.splits.kfold``."""
+    from mtlc.splits import kfold
+
+    if split not in ("compound", "scaffold"):
+        raise ConfigError(f"unknown split {split!r}; known: compound, scaffold")
+    return np.asarray(kfold(ds, n_folds=n_folds, split=split, seed=seed))
+
+
+def run_study(
+    dataset: str | MultiTaskDataset,
+    *,
+    regime: str,
+    store: ResultsStore | str | os.PathLike,
+    config: Any,
+    split: str = "compound",
+    n_folds: int = 10,
+    fold_subset: Iterable[int] | None = None,
+    seeds: Iterable[int] = (0,),
+    tasks: int | Sequence[str | int] | None = None,
+    sizes: str | Sequence[int] = "auto",
+    max_size: int | None = None,
+    split_seed: int = 0,
+    chunk_size: int = 64,
+    retry_failed: bool = False,
+    progress: bool = True,
+    dataset_kwargs: dict[str, Any] | None = None,
+    trainer: Callable[..., pd.DataFrame] | None = None,
+    **design_options: Any,
+) -> RunSummary:
+    """Load, select tasks, split, build one regime's design and run it into ``store``.
+
+    With a task subset (``tasks``) the data set is restricted to those tasks first, so the
+    all-task regimes train on the selected tasks only (recorded as ``task_set``).
+    ``design_options`` go to the regime's builder (e.g. ``qs`` for ``context``, ``pairs`` and
+    ``partner_sizes`` for ``pair``, ``n_runs`` for ``random``).
+    """
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown regime {regime!r}; known: {', '.join(REGIMES)}")
+    ds = load_dataset(dataset, **(dataset_kwargs or {}))
+    if ds.X is None:
+        raise MtlcError(f"data set {ds.name!r} has no features; load it with features=True")
+    idx, task_set = select_tasks(ds, tasks)
+    if len(idx) < ds.n_tasks:
+        ds = ds.subset(tasks=idx)
+    folds = assign_folds(ds, n_folds=n_folds, split=split, seed=split_seed)
+    if fold_subset is not None:
+        fold_subset = list(fold_subset)
+        bad = [f for f in fold_subset if not 0 <= f < n_folds]
+        if bad:
+            raise ConfigError(f"--fold-subset {bad} outside 0..{n_folds - 1}")
+    ctx = DesignContext(
+        dataset=ds.name,
+        recipe=str(ds.info.get("recipe", "")),
+        task_set=task_set,
+        split=split if split_seed == 0 else f"{split}/seed{split_seed}",
+        config_hash=str(config.hash()),
+    )
+    if regime == "pair" and "pairs" not in design_options:
+        raise ConfigError("regime 'pair' needs pairs (CLI: --pairs i:j,...)")
+    design = make_design(
+        ds,
+        folds,
+        regime=regime,
+        fold_subset=fold_subset,
+        seeds=seeds,
+        ctx=ctx,
+        sizes=sizes,
+        max_size=max_size,
+        **design_options,
+    )
+    return run_design(
+        ds,
+        design,
+        store,
+        config,
+        chunk_size=chunk_size,
+        retry_failed=retry_failed,
+        progress=progress,
+        trainer=trainer,
+        desc=f"{ds.name} {split} {regime}",
+    )
+
+
+# ---------------------------------------------------------------------- curves
+
+CURVE_BY = ("dataset", "task_set", "split", "regime", "partner", "task")
+
+
+def learning_curves(
+    df: pd.DataFrame,
+    *,
+    metric: str = "roc_auc",
+    x: str = "n_task",
+    by: Sequence[str] = CURVE_BY,
+) -> pd.DataFrame:
+    """Aggregate store rows into learning curves: mean and spread over folds.
+
+    Rows with ``status != "ok"``, another metric, or a NaN value (e.g. a test fold without
+    actives) are left out and counted: ``n_nan`` per point. Several seeds of one fold are
+    averaged first, so the spread is between folds.
+
+    Returns one row per curve point: the ``by`` columns, ``x``, ``mean``, ``std`` (ddof=1,
+    NaN for one fold), ``sem``, ``min``, ``max``, ``n_folds``, ``n_nan``, ``n_context``
+    (mean over folds).
+    """
+    by = [c for c in by if c in df.columns]
+    d = df[(df["status"] == "ok") & (df["metric"] == metric)]
+    keys = [*by, x]
+    nan_counts = (
+        d.assign(_nan=d["value"].isna()).groupby(keys, dropna=False)["_nan"].sum().rename("n_nan")
+    )
+    d = d[d["value"].notna()]
+    per_fold = d.groupby([*keys, "fold"], dropna=False, as_index=False).agg(
+        value=("value", "mean"), n_context=("n_context", "mean")
+    )
+    g = per_fold.groupby(keys, dropna=False)
+    out = g.agg(
+        mean=("value", "mean"),
+        std=("value", "std"),
+        min=("value", "min"),
+        max=("value", "max"),
+        n_folds=("value", "size"),
+        n_context=("n_context", "mean"),
+    )
+    out["sem"] = out["std"] / np.sqrt(out["n_folds"])
+    out = out.join(nan_counts, how="outer").reset_index()
+    out["n_folds"] = out["n_folds"].fillna(0).astype(np.int64)
+    out["n_nan"] = out["n_nan"].fillna(0).astype(np.int64)
+    cols = [*keys, "mean", "std", "sem", "min", "max", "n_folds", "n_nan", "n_context"]
+    return out[cols].sort_values(keys).reset_index(drop=True)
+
+
+def curve_matrix(
+    df: pd.DataFrame,
+    *,
+    metric: str = "roc_auc",
+    x: str = "n_task",
+    **select: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One curve as ``(sizes[n_sizes], scores[n_sizes, n_folds])`` like sklearn's learning_curve.
+
+    ``select``: column=value filters that must pick one curve, e.g.
+    ``task="P00533", regime="stl", split="scaffold"``. Missing (size, fold) cells are NaN;
+    seeds are averaged within a fold.
+    """
+    d = df[(df["status"] == "ok") & (df["metric"] == metric)]
+    for col, val in select.items():
+        d = d[d[col].isna()] if val is None else d[d[col] == val]
+    if len(d) == 0:
+        raise ConfigError(f"no {metric} rows match {select}")
+    piv = d.pivot_table(index=x, columns="fold", values="value", aggfunc="mean", dropna=False)
+    return piv.index.to_numpy(dtype=np.int64), piv.to_numpy(dtype=np.float64)
+
+
+def mean_over_tasks(
+    curves: pd.DataFrame, *, by: Sequence[str] = ("split", "regime")
+) -> pd.DataFrame:
+    """Average a :func:`learning_curves` table over tasks, per ``by`` and size level.
+
+    Uses ``n_level``-free sizes: tasks contribute at the sizes they have. Returns ``by``,
+    ``n_task``, ``mean`` (of task means), ``std`` (between tasks), ``n_tasks``.
+    """
+    x = "n_task" if "n_task" in curves.columns else "n_level"
+    g = curves.groupby([*by, x], dropna=False)["mean"]
+    return g.agg(mean="mean", std="std", n_tasks="size").reset_index()
+
+
+# ---------------------------------------------------------------------- smoke / full studies
+
+#: The small study the chapters run in the smoke profile (about 2 minutes on 2 cores).
+SMOKE: dict[str, Any] = {
+    "dataset": "kiba",
+    "tasks": 10,
+    "n_folds": 5,
+    "fold_subset": (0, 1, 2),
+    "max_size": 256,
+    "splits": ("compound", "scaffold"),
+    "regimes": ("stl", "mtl"),
+    "config": {"max_epochs": 10, "patience": 3},
+}
+
+
+def cache_dir() -> Path:
+    """Where cached studies live: ``$MTLC_CACHE`` or ``<repo>/.cache/mtlc`` (else ~/.cache/mtlc)."""
+    env = os.environ.get("MTLC_CACHE")
+    if env:
+        return Path(env)
+    try:
+        from mtlc.report import repo_root
+
+        return repo_root() / ".cache" / "mtlc"
+    except MtlcError:
+        return Path.home() / ".cache" / "mtlc"
+
+
+def smoke_study(
+    *,
+    store: str | os.PathLike | None = None,
+    progress: bool = False,
+    dataset: str | MultiTaskDataset | None = None,
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Run (or resume) the smoke study and return its store table.
+
+    Parameters default to :data:`SMOKE`; ``overrides`` replace any of them. The store defaults to
+    ``cache_dir() / "smoke_learning_curves"``, so the learning-curve and the curve-fitting
+    chapters share one run and reruns only read it.
+    """
+    from mtlc.training import TrainConfig
+
+    p = {**SMOKE, **overrides}
+    store = ResultsStore(store or cache_dir() / "smoke_learning_curves")
+    cfg = TrainConfig(**p["config"])
+    ds = load_dataset(dataset or p["dataset"])
+    for split in p["splits"]:
+        for regime in p["regimes"]:
+            run_study(
+                ds,
+                regime=regime,
+                store=store,
+                config=cfg,
+                split=split,
+                n_folds=p["n_folds"],
+                fold_subset=p["fold_subset"],
+                tasks=p["tasks"],
+                max_size=p["max_size"],
+                progress=progress,
+            )
+    return store.read()
+
+
+FULL_RESULTS = Path("results") / "learning_curves"
+
+
+def full_results(root: str | os.PathLike | None = None) -> pd.DataFrame | None:
+    """The stored full-study results under ``results/learning_curves`` (None when absent)."""
+    if root is None:
+        from mtlc.report import repo_root
+
+        root = repo_root() / FULL_RESULTS
+    st = ResultsStore(root)
+    return st.read() if st.parts() else None
+
+
+def pools_for(ds: MultiTaskDataset, folds: np.ndarray, fold: int, seed: int = 0) -> FoldPools:
+    """The nested subsample orders of one (fold, seed) (for inspection and notebooks)."""
+    return FoldPools(ds, folds, fold, seed)
+
+
+__all__ = [
+    "RunSummary",
+    "run_design",
+    "run_study",
+    "learning_curves",
+    "curve_matrix",
+    "mean_over_tasks",
+    "smoke_study",
+    "full_results",
+    "select_tasks",
+    "SMOKE",
+    "cache_dir",
+]
