@@ -356,6 +356,9 @@ def _fit_batch(
     """Fit B padded curves. Z ``(B, m, K)`` raw sizes (already rescaled), y ``(B, m)``,
     w ``(B, m)`` in {0, 1} (0 = padding). Returns arrays keyed by result field."""
     B, m, K = Z.shape
+    if m == 0:  # empty curves: one padding column keeps every reduction defined
+        Z, y, w = np.ones((B, 1, K)), np.zeros((B, 1)), np.zeros((B, 1))
+        m = 1
     P = 2 + K + int(spec.shape)
     flags: list[list[str]] = [[] for _ in range(B)]
     valid = (w > 0) & np.isfinite(y) & np.all(np.isfinite(Z), axis=2)
@@ -455,9 +458,10 @@ def _fit_batch(
                 flags[i].append("not_converged")
             if th[jj, 2] <= 1e-8:
                 flags[i].append("rate_at_zero")
-        # non-monotone: along the own size, the last third is below the first third, or the
-        # curve drops more than 0.1 below its running maximum.
-        for i in ok:
+        # non-monotone (1-D curves only; surfaces mix regimes): along the own size, the last
+        # third is below the first third, or the curve drops more than 0.1 below its running
+        # maximum.
+        for i in ok if K == 1 else ():
             zi = Z[i, :, 0][valid[i]]
             yi = y[i][valid[i]]
             o = np.argsort(zi, kind="stable")
@@ -538,7 +542,11 @@ def _as_design(n, context, spec: _Spec, scale: float) -> tuple[np.ndarray, list[
                 f"model {spec.name!r} needs context sizes (`context`, samples of other tasks)"
             )
         C = np.asarray(context, dtype=np.float64)
-        C = C.reshape(n.size, -1)
+        C = C[:, None] if C.ndim == 1 else C.reshape(n.size, C.shape[-1])
+        if C.shape[0] != n.size:
+            raise InputTableError(
+                f"context has {C.shape[0]} rows but n has {n.size} sizes; pass one row per point"
+            )
         if spec.n_context is not None and C.shape[1] != spec.n_context:
             raise ConfigError(
                 f"model {spec.name!r} takes {spec.n_context} context column(s), got {C.shape[1]}"
