@@ -98,6 +98,21 @@ def test_relatedness_has_planted_block_values(s, g, o):
     np.testing.assert_allclose(np.linalg.norm(ds.truth["weights"], axis=1), 1.0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("kw", "groups"),
+    [
+        (dict(n_tasks=4), [0, 0, 0, -1]),
+        (dict(n_tasks=7, group_size=2), [0, 0, 1, 1, 2, 2, -1]),
+        (dict(n_tasks=5, group_size=[2, 3]), [0, 0, 1, 1, 1]),
+        (dict(n_tasks=2), [-1, -1]),
+    ],
+)
+def test_default_number_of_groups_fits_the_tasks(kw, groups):
+    ds = synthetic(n_compounds=100, n_features=256, bits_per_compound=10, **kw)
+    assert ds.truth["groups"].tolist() == groups
+    assert ds.info["params"]["n_groups"] == max(groups) + 1
+
+
 def test_group_strength_per_group_and_task_noise_per_task():
     ds = synthetic(
         **SMALL,

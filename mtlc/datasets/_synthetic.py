@@ -187,7 +187,7 @@ def synthetic(
     n_tasks: int = 12,
     n_features: int = 2048,
     bits_per_compound: float = 50,
-    n_groups: int = 3,
+    n_groups: int | None = None,
     group_size: int | Sequence[int] = 3,
     n_latent: int | None = None,
     shared_strength: float = 0.5,
@@ -214,7 +214,9 @@ def synthetic(
     n_groups, group_size:
         ``n_groups`` groups of related tasks, of ``group_size`` tasks each (an int, or one size
         per group; each >= 2). Groups take tasks t00, t01, ... in order; the remaining tasks
-        are unrelated (group -1).
+        are unrelated (group -1). ``n_groups=None`` (default) means ``len(group_size)`` for a
+        sequence, else ``min(3, n_tasks // group_size)`` (3 groups of 3 and 3 unrelated tasks
+        at the default 12 tasks); the value used is in ``info["params"]``.
     n_latent:
         Dimension of the latent space. ``None`` (default) uses exactly the number of
         independent directions needed (1 shared + one per group + one per task), so all of
@@ -310,6 +312,11 @@ def synthetic(
         raise ConfigError(
             f"synthetic: nonlinearity must be 'tanh' or 'linear', got {nonlinearity!r}"
         )
+    if n_groups is None:
+        if np.ndim(group_size) == 0:
+            n_groups = min(3, n_tasks // max(int(group_size), 1))  # type: ignore[arg-type]
+        else:
+            n_groups = len(group_size)  # type: ignore[arg-type]
     groups = _group_ids(n_tasks, n_groups, group_size)
     g_str = _per_task("group_strength", group_strength, n_groups)
     o_str = _per_task("task_noise", task_noise, n_tasks)
