@@ -1,0 +1,687 @@
+"""Task Affinity Grouping (TAG): inter-task affinity by a lookahead on the shared trunk.
+
+For a batch and a source task i, take one SGD step on the trunk parameters with task i's loss
+alone, ``theta_s' = theta_s - lr * grad_{theta_s} L_i``, keep the heads, and measure how much
+every target task's loss on the same batch changed::
+
+    Z[i, j] = 1 - L_j(theta_s') / L_j(theta_s)          (Fifty et al. 2021, eq. 1)
+
+``Z[i, j] > 0``: a step for i lowers j's loss (positive transfer from i to j). The official
+code divides by ``lr``; here that is the option ``divide_by_lr`` (default False, the paper's
+equation), and every result records which one it holds.
+
+Two implementations give the same numbers:
+
+* :func:`lookahead_reference`: one perturbed copy of the trunk per source task, autograd for
+  each task's gradient. Simple and slow (a backward and a forward per source task); kept as the
+  ground truth for tests.
+* :func:`lookahead_fast`: all source tasks at once, using the network's structure. With the
+  masked loss, task i's gradient only flows through the rows of the batch labelled for i, so
+  the per-sample backward signals ``delta_l[p]`` of every labelled pair ``p`` (one backward over
+  the batch in total) give every task's gradient. The lookahead never forms those gradients:
+  for the sparse first layer, ``X (W1 - lr G_i) + b - lr g_i = X W1 + b - lr (X X^T + 1)[:, R_i]
+  delta_1[R_i]`` with the batch Gram matrix ``X X^T`` computed once from the set bits; deeper
+  layers use ``h' (W - lr G_i)^T = h' W^T - lr (h' h[R_i]^T) delta[R_i]``. The perturbed
+  forwards are batched over source tasks, and the loss change is propagated as a difference
+  (``log1p(sigmoid * expm1(dz))``), so that float32 keeps its precision when ``lr`` is small.
+
+Cheap baselines from the same per-pair signals: the inner products of per-task trunk
+gradients ``<g_i, g_j>``, their cosine similarity, and the first-order shortcut
+``Z[i, j] ~ lr <g_i, g_j> / L_j`` (the lookahead's Taylor expansion), which needs no perturbed
+forward at all.
+
+Probes run in **eval mode** (no dropout): the official code probes in train mode, where every
+probe forward draws a new dropout mask and Z mixes the lookahead with dropout noise; eval mode
+makes Z a deterministic function of (parameters, batch), which is also what lets the fast and
+the reference implementations agree to 1e-6. The training steps themselves use dropout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from mtlc.errors import ConfigError
+from mtlc.models import MultiTaskNet, SparseBatch, masked_bce, resolve_device
+
+__all__ = [
+    "ProbeResult",
+    "TagResult",
+    "lookahead_fast",
+    "lookahead_reference",
+    "gradient_affinity",
+    "tag_train",
+]
+
+
+# --------------------------------------------------------------------------- per-batch probes
+@dataclass
+class ProbeResult:
+    """Affinities measured on one batch.
+
+    All matrices are ``(n_tasks, n_tasks)`` float64 numpy arrays indexed ``[source, target]``,
+    NaN where undefined: a source task with no labelled pair in the batch (its gradient is zero,
+    so there is no lookahead) or a target task with none (no loss to compare).
+
+    Attributes
+    ----------
+    Z: exact lookahead affinity ``1 - L_j(theta_s') / L_j(theta_s)`` (divided by ``lr`` when
+        ``divide_by_lr``); None when only gradient baselines were asked for.
+    inner: ``<g_i, g_j>`` of per-task trunk gradients (``g`` of the per-task mean loss).
+    cosine: ``inner / sqrt(inner_ii inner_jj)``.
+    first_order: ``lr * inner / L_j`` (divided by ``lr`` when ``divide_by_lr``).
+    loss: ``(n_tasks,)`` per-task mean loss on the batch at the current parameters (NaN: no pair).
+    n_pairs: ``(n_tasks,)`` labelled pairs per task in the batch.
+    """
+
+    Z: np.ndarray | None
+    inner: np.ndarray | None
+    cosine: np.ndarray | None
+    first_order: np.ndarray | None
+    loss: np.ndarray
+    n_pairs: np.ndarray
+    lr: float
+    divide_by_lr: bool
+
+
+def _as_tensors(
+    model: MultiTaskNet, y: Any, mask: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype, torch.device]:
+    p = model.head.weight
+    y_t = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+    m_t = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
+    return y_t.to(p.device, p.dtype), m_t.to(p.device, p.dtype), p.dtype, p.device
+
+
+def _check_shapes(
+    model: MultiTaskNet, batch: SparseBatch, y: torch.Tensor, m: torch.Tensor
+) -> None:
+    want = (batch.size, model.n_tasks)
+    if tuple(y.shape) != want or tuple(m.shape) != want:
+        raise ConfigError(
+            f"labels and mask must have shape (batch, n_tasks) = {want}; got {tuple(y.shape)} "
+            f"and {tuple(m.shape)}"
+        )
+
+
+class _eval_mode:
+    """Context manager: eval mode (no dropout) for probes, restoring the previous mode."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.was = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was)
+
+
+def _finish(
+    Z: np.ndarray | None,
+    inner: np.ndarray | None,
+    loss: np.ndarray,
+    n: np.ndarray,
+    *,
+    lr: float,
+    divide_by_lr: bool,
+) -> ProbeResult:
+    valid = n > 0
+    undefined = ~(valid[:, None] & valid[None, :])
+    cosine = first_order = None
+    if inner is not None:
+        inner = inner.copy()
+        inner[undefined] = np.nan
+        d = np.sqrt(np.clip(np.diag(inner), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosine = inner / np.outer(d, d)
+            first_order = inner / loss[None, :] * (1.0 if divide_by_lr else lr)
+        # A task whose gradient is exactly zero on this batch (all its logits saturated) has no
+        # direction: its cosine is undefined.
+        cosine[~np.isfinite(cosine)] = np.nan
+    if Z is not None:
+        Z = Z.copy()
+        Z[undefined] = np.nan
+        if divide_by_lr:
+            Z = Z / lr
+    return ProbeResult(Z, inner, cosine, first_order, loss, n, float(lr), bool(divide_by_lr))
+
+
+def lookahead_reference(
+    model: MultiTaskNet,
+    batch: SparseBatch,
+    y: Any,
+    mask: Any,
+    *,
+    lr: float,
+    divide_by_lr: bool = False,
+) -> ProbeResult:
+    """Straightforward TAG lookahead: a perturbed trunk per source task, autograd gradients.
+
+    ``y``, ``mask``: ``(batch, n_tasks)`` labels (0/1) and labelled-pair mask. ``lr``: the
+    lookahead step size. Probes in eval mode (no dropout). Costs one forward, then per source
+    task one backward and one forward. Also returns the per-task gradient inner products
+    (from flattened autograd gradients) for testing the fast ones.
+    """
+    y_t, m_t, dtype, _ = _as_tensors(model, y, mask)
+    _check_shapes(model, batch, y_t, m_t)
+    K = model.n_tasks
+    n = m_t.sum(0).detach().cpu().numpy().astype(np.int64)
+    params = dict(model.named_parameters())
+    trunk = model.trunk_parameters()
+    names = {id(p): k for k, p in params.items()}
+    Z = np.full((K, K), np.nan)
+    grads: list[torch.Tensor | None] = [None] * K
+    with _eval_mode(model):
+        per = masked_bce(model(batch), y_t, m_t, per_task=True)
+        base = per.detach()
+        for i in range(K):
+            if n[i] == 0:
+                continue
+            g = torch.autograd.grad(per[i], trunk, retain_graph=True)
+            grads[i] = torch.cat([t.reshape(-1) for t in g]).detach()
+            new = dict(params)
+            for p, gp in zip(trunk, g, strict=True):
+                new[names[id(p)]] = (p - lr * gp).detach()
+            with torch.no_grad():
+                logits = torch.func.functional_call(model, new, (batch,))
+                after = masked_bce(logits, y_t, m_t, per_task=True)
+            Z[i] = (1 - after / base).cpu().numpy()
+    inner = np.full((K, K), np.nan)
+    valid = [i for i in range(K) if grads[i] is not None]
+    if valid:
+        G = torch.stack([grads[i] for i in valid])  # type: ignore[misc]
+        inner[np.ix_(valid, valid)] = (G @ G.T).cpu().numpy()
+    loss = np.where(n > 0, base.cpu().numpy(), np.nan)
+    del dtype
+    return _finish(Z, inner, loss.astype(np.float64), n, lr=lr, divide_by_lr=divide_by_lr)
+
+
+def _dense_rows(batch: SparseBatch, n_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """Dense ``(batch, n_features)`` counts (repeated indices add up, like EmbeddingBag sum)."""
+    dev = batch.indices.device
+    counts = torch.diff(
+        torch.cat([batch.offsets, torch.tensor([batch.indices.numel()], device=dev)])
+    )
+    row = torch.repeat_interleave(torch.arange(batch.size, device=dev), counts)
+    X = torch.zeros(batch.size, n_features, dtype=dtype, device=dev)
+    X.index_put_((row, batch.indices), torch.ones_like(row, dtype=dtype), accumulate=True)
+    return X
+
+
+def _exact_lookahead(
+    model: MultiTaskNet,
+    a_list: list[torch.Tensor],
+    h_list: list[torch.Tensor],
+    deltas: list[torch.Tensor],
+    M1: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    n_t: torch.Tensor,
+    bp: torch.Tensor,
+    kp: torch.Tensor,
+    src: torch.Tensor,
+    lr: float,
+    chunk: int,
+) -> np.ndarray:
+    """Exact Z rows ``(len(src), K)`` for the source tasks ``src`` (see :func:`lookahead_fast`).
+
+    Everything is propagated as a change relative to the unperturbed forward (``da``, ``dh``,
+    ``dz``, loss change), which keeps float32 precise when ``lr`` is small.
+    """
+    dtype, dev = z.dtype, z.device
+    B, K = z.shape
+    P = int(bp.numel())
+    L = len(h_list)
+    # Padded per-source pair lists (S, r_max); padding points at an extra all-zero pair P.
+    n_long = n_t.long()
+    counts = n_long[src]
+    r_max = int(counts.max())
+    start = torch.cumsum(n_long, 0) - n_long
+    ar = torch.arange(r_max, device=dev)
+    pidx = start[src][:, None] + ar[None, :]
+    pidx = torch.where(ar[None, :] < counts[:, None], pidx, torch.full_like(pidx, P))
+    rows_pad = torch.cat([bp, bp.new_zeros(1)])[pidx]  # (S, r_max)
+    d_ext = [torch.cat([d, d.new_zeros(1, d.shape[1])]) for d in deltas]
+    # relu(a + da) - relu(a) = max(da, -a) + min(a, 0): exact (= da) while a stays positive.
+    neg_a = [-a for a in a_list]
+    a_min0 = [a.clamp(max=0) for a in a_list]
+    # Pairs grouped by row for the head: (B, t_max) task lists, padded with a zero head row.
+    per_row = torch.bincount(bp, minlength=B)
+    t_max = max(int(per_row.max()), 1)
+    order = torch.argsort(bp * K + kp)
+    b_sorted, k_sorted = bp[order], kp[order]
+    row_start = torch.cumsum(per_row, 0) - per_row
+    slot = torch.arange(P, device=dev) - row_start[b_sorted]
+    Wh = model.head.weight
+    W_rows = torch.zeros(B, t_max, Wh.shape[1], dtype=dtype, device=dev)
+    W_rows[b_sorted, slot] = Wh[k_sorted]
+    Wt = W_rows.transpose(1, 2)  # (B, H_L, t_max)
+    # Per-pair loss pieces: bce(z + dz) - bce(z) = log1p(sigmoid(-s z) expm1(-s dz)), s = 2y - 1
+    sgn = (2 * y[b_sorted, k_sorted] - 1)[None]
+    sig_neg = torch.sigmoid(-sgn * z[b_sorted, k_sorted][None])
+    base = (F.binary_cross_entropy_with_logits(z, y, reduction="none") * (n_t > 0)).sum(0)
+    base_terms = torch.zeros(K, dtype=dtype, device=dev)
+    base_terms.index_add_(
+        0,
+        k_sorted,
+        F.binary_cross_entropy_with_logits(
+            z[b_sorted, k_sorted], y[b_sorted, k_sorted], reduction="none"
+        ),
+    )
+    del base
+    out = np.empty((int(src.numel()), K))
+    for c0 in range(0, int(src.numel()), chunk):
+        sl = slice(c0, c0 + chunk)
+        pi = pidx[sl]
+        # first layer: da1 = -lr (X X^T + 1)[:, R_i] delta_1[R_i]  (M1 is symmetric)
+        T = M1[rows_pad[sl]].transpose(1, 2)  # (C, B, r_max)
+        da = torch.bmm(T, d_ext[0][pi]).mul_(-lr)
+        dh = torch.maximum(da, neg_a[0]).add_(a_min0[0])
+        for li in range(1, L):
+            W = model.layers[li - 1].weight
+            h_new = h_list[li - 1] + dh
+            hp = h_list[li - 1][rows_pad[sl]]  # (C, r_max, H_{l-1})
+            T = torch.bmm(h_new, hp.transpose(1, 2)).add_(1.0)
+            da = (dh @ W.T).sub_(torch.bmm(T, d_ext[li][pi]), alpha=lr)
+            dh = torch.maximum(da, neg_a[li]).add_(a_min0[li])
+        # logit change at labelled pairs, row-grouped: (B, C, H) @ (B, H, t_max)
+        dz_rows = torch.bmm(dh.transpose(0, 1), Wt)  # (B, C, t_max)
+        dz = dz_rows[b_sorted, :, slot].T  # (C, P) in row-sorted pair order
+        dl = torch.log1p(sig_neg * torch.expm1(-sgn * dz))
+        dL = torch.zeros(dl.shape[0], K, dtype=dtype, device=dev).index_add_(1, k_sorted, dl)
+        # Z = 1 - L'/L = -(L' - L)/L, both per-task means over the same n_j pairs
+        out[sl] = (-dL / base_terms.clamp_min(torch.finfo(dtype).tiny)).double().cpu().numpy()
+    return out
+
+
+def lookahead_fast(
+    model: MultiTaskNet,
+    batch: SparseBatch,
+    y: Any,
+    mask: Any,
+    *,
+    lr: float,
+    divide_by_lr: bool = False,
+    exact: bool = True,
+    gradients: bool = True,
+    chunk: int = 32,
+) -> ProbeResult:
+    """All-source-task TAG lookahead in one batched pass (same numbers as the reference).
+
+    Parameters
+    ----------
+    model: the network (any depth of trunk); probed in eval mode, parameters untouched.
+    batch: ``SparseBatch`` of ``B`` compounds; ``y``, ``mask``: ``(B, n_tasks)``.
+    lr: lookahead step size.
+    exact: compute the exact lookahead Z (the perturbed forwards, the expensive part).
+    gradients: compute the gradient inner products, cosine similarity and first-order Z
+        (cost: one ``(P, P)`` Gram matrix per layer, ``P`` = labelled pairs in the batch).
+    chunk: source tasks per vectorized block (bounds memory at about
+        ``chunk * B * max(hidden)`` floats).
+
+    Cost: one forward, one backward restricted to the labelled pairs, and (``exact``) per source
+    task one batched forward of the trunk's layers above the first plus a ``(B, r_i)`` matmul
+    for the first layer (``r_i``: labelled rows of task i), heads evaluated only at labelled
+    pairs.
+    """
+    y_t, m_t, dtype, dev = _as_tensors(model, y, mask)
+    _check_shapes(model, batch, y_t, m_t)
+    K = model.n_tasks
+    n_t = m_t.sum(0)
+    n = n_t.detach().cpu().numpy().astype(np.int64)
+    with torch.no_grad(), _eval_mode(model):
+        # ---- forward, keeping pre-activations
+        a_list = [model.embed(batch.indices, batch.offsets) + model.bias0]
+        h_list = [F.relu(a_list[0])]
+        for layer in model.layers:
+            a_list.append(layer(h_list[-1]))
+            h_list.append(F.relu(a_list[-1]))
+        Wh, bh = model.head.weight, model.head.bias
+        z = h_list[-1] @ Wh.T + bh  # (B, K)
+        per = (F.binary_cross_entropy_with_logits(z, y_t, reduction="none") * m_t).sum(0)
+        loss_t = per / n_t.clamp_min(1)
+        # ---- labelled pairs, grouped by task
+        kp, bp = torch.nonzero(m_t.T > 0, as_tuple=True)  # (task, row), sorted by task
+        P = int(bp.numel())
+        zp, yp = z[bp, kp], y_t[bp, kp]
+        r = (torch.sigmoid(zp) - yp) / n_t[kp]  # d L_k / d z at each pair
+        # ---- per-pair backward: delta_l[p] = d L_{k_p} / d a_l at row b_p, pair p's share
+        L = len(h_list)
+        deltas: list[torch.Tensor] = [torch.empty(0)] * L
+        e = r[:, None] * Wh[kp]  # (P, H_L)
+        for li in range(L - 1, -1, -1):
+            d = e * (a_list[li][bp] > 0).to(dtype)
+            deltas[li] = d
+            if li > 0:
+                e = d @ model.layers[li - 1].weight
+        X = _dense_rows(batch, model.n_features, dtype)
+        M1 = X @ X.T + 1.0  # (B, B): first-layer Gram, + 1 for the bias
+
+        inner = None
+        if gradients and P:
+            # <g_i, g_j> = sum_l sum_{p in i, q in j} M_l[b_p, b_q] <delta_l[p], delta_l[q]>
+            Gp = M1[bp][:, bp] * (deltas[0] @ deltas[0].T)
+            for li in range(1, L):
+                hp = h_list[li - 1][bp]
+                Gp += (hp @ hp.T + 1.0) * (deltas[li] @ deltas[li].T)
+            # sum the (P, P) pair Gram into (K, K) task blocks
+            A = torch.zeros(K, P, dtype=dtype, device=dev).index_add_(0, kp, Gp)
+            G = torch.zeros(K, K, dtype=dtype, device=dev).index_add_(1, kp, A)
+            inner = G.double().cpu().numpy()
+        elif gradients:
+            inner = np.full((K, K), np.nan)
+
+        Z = None
+        if exact:
+            Z = np.full((K, K), np.nan)
+            src = torch.nonzero(n_t > 0).flatten()
+            if src.numel():
+                Z[src.cpu().numpy()] = _exact_lookahead(
+                    model, a_list, h_list, deltas, M1, z, y_t, n_t, bp, kp, src, lr, chunk
+                )
+        loss = np.where(n > 0, loss_t.double().cpu().numpy(), np.nan)
+    return _finish(Z, inner, loss, n, lr=lr, divide_by_lr=divide_by_lr)
+
+
+def gradient_affinity(
+    model: MultiTaskNet, batch: SparseBatch, y: Any, mask: Any, *, lr: float = 1e-3
+) -> ProbeResult:
+    """The cheap baselines only: gradient inner products, cosine, first-order Z (no lookahead)."""
+    return lookahead_fast(model, batch, y, mask, lr=lr, exact=False, gradients=True)
+
+
+# --------------------------------------------------------------------------- training loop
+@dataclass
+class TagResult:
+    """Affinities averaged over a TAG training run.
+
+    Matrices are ``(n_tasks, n_tasks)`` float64, ``[source, target]``, NaN where never measured.
+
+    Attributes
+    ----------
+    affinity: exact lookahead Z averaged over the probe steps (NaN-aware: a pair is averaged
+        over the steps where both tasks had labels in the batch), or None when only the
+        first-order shortcut was computed.
+    counts: int ``(K, K)`` number of probe steps behind each affinity.
+    history: ``(n_epochs, K, K)`` per-epoch means of Z; ``history_counts`` the step counts.
+    cosine, first_order: the gradient baselines averaged the same way (None if not computed).
+    task_ids: task names in index order.
+    settings: lookahead ``lr``, ``divide_by_lr``, ``probe_mode`` ("eval"), ``every``, method...
+    cost: wall seconds of training steps vs probe steps, their counts, and forward/backward
+        passes in single-batch network equivalents (``probe_forward`` counts one per source task
+        per probe step, because the batched perturbed forward does that much arithmetic).
+    info: bookkeeping (training compounds without any label, tasks with no training label).
+    history_loss: ``(n_epochs,)`` mean training loss per epoch.
+    model: the trained network (when ``keep_model``).
+    """
+
+    affinity: np.ndarray | None
+    counts: np.ndarray
+    history: np.ndarray | None
+    history_counts: np.ndarray
+    cosine: np.ndarray | None
+    first_order: np.ndarray | None
+    task_ids: list[str]
+    settings: dict[str, Any]
+    cost: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+    history_loss: np.ndarray | None = None
+    model: MultiTaskNet | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: source, target, affinity, n_steps, cosine, first_order (off-diagonal)."""
+        K = len(self.task_ids)
+        i, j = np.nonzero(~np.eye(K, dtype=bool))
+        ids = np.asarray(self.task_ids, dtype=object)
+
+        def col(a: np.ndarray | None) -> np.ndarray:
+            return np.full(len(i), np.nan) if a is None else a[i, j]
+
+        return pd.DataFrame(
+            {
+                "source": ids[i],
+                "target": ids[j],
+                "affinity": col(self.affinity),
+                "n_steps": self.counts[i, j],
+                "cosine": col(self.cosine),
+                "first_order": col(self.first_order),
+            }
+        )
+
+
+class _Mean:
+    """NaN-aware running mean of (K, K) matrices, overall and per epoch."""
+
+    def __init__(self, K: int, epochs: int) -> None:
+        self.s = np.zeros((K, K))
+        self.c = np.zeros((K, K), dtype=np.int64)
+        self.es = np.zeros((epochs, K, K))
+        self.ec = np.zeros((epochs, K, K), dtype=np.int64)
+
+    def add(self, epoch: int, M: np.ndarray) -> None:
+        ok = np.isfinite(M)
+        v = np.where(ok, M, 0.0)
+        self.s += v
+        self.c += ok
+        self.es[epoch] += v
+        self.ec[epoch] += ok
+
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.c > 0, self.s / np.maximum(self.c, 1), np.nan)
+
+    def history(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.ec > 0, self.es / np.maximum(self.ec, 1), np.nan)
+
+
+_DEFAULTS: dict[str, Any] = {
+    "hidden": (512,),
+    "dropout": 0.2,
+    "lr": 1e-3,
+    "batch_size": 512,
+    "epochs": 20,
+    "weight_decay": 0.0,
+    "seed": 0,
+    "device": "auto",
+}
+
+
+def _resolve(name: str, explicit: Any, config: Any) -> Any:
+    if explicit is not None:
+        return explicit
+    if config is not None:
+        v = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if v is not None:
+            return v
+    return _DEFAULTS[name]
+
+
+def tag_train(
+    ds: Any,
+    train_idx: np.ndarray | None = None,
+    *,
+    config: Any = None,
+    hidden: Sequence[int] | None = None,
+    dropout: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    weight_decay: float | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    every: int = 10,
+    lookahead_lr: float | None = None,
+    divide_by_lr: bool = False,
+    method: str = "fast",
+    exact: bool = True,
+    gradients: bool = True,
+    dtype: torch.dtype = torch.float32,
+    keep_model: bool = False,
+    chunk: int = 32,
+) -> TagResult:
+    """Train the all-task network and measure TAG affinities every ``every`` steps.
+
+    Training is ordinary all-task training (Adam, dropout, masked BCE summed over tasks); at
+    steps 0, every, 2*every, ... the current batch is probed before the update (eval mode, see
+    the module docstring) and the per-batch affinities are averaged.
+
+    Parameters
+    ----------
+    ds: a ``MultiTaskDataset`` with features ``X``.
+    train_idx: compound indices to train on (default: all compounds).
+    config: optional ``mtlc.training.TrainConfig`` (or dict) supplying hidden, dropout, lr,
+        batch_size, epochs, weight_decay, seed, device; explicit keywords win.
+    every: probe period in steps (TAG's default 10).
+    lookahead_lr: lookahead step size (default: the training ``lr``).
+    divide_by_lr: divide Z (and the first-order Z) by ``lookahead_lr`` as the official code does.
+    method: "fast" (:func:`lookahead_fast`) or "reference" (:func:`lookahead_reference`).
+    exact, gradients: what the fast probe computes (exact Z; gradient baselines).
+    dtype: parameter dtype (float32 default; float64 for tests).
+    """
+    if getattr(ds, "X", None) is None:
+        raise ConfigError(
+            f"data set {getattr(ds, 'name', '?')!r} has no features; featurize it first "
+            "(mtlc.features.featurize)"
+        )
+    if method not in ("fast", "reference"):
+        raise ConfigError(f"method must be 'fast' or 'reference', got {method!r}")
+    if every < 1:
+        raise ConfigError(f"every must be >= 1, got {every}")
+    if not exact and (method == "reference" or not gradients):
+        raise ConfigError("exact=False needs method='fast' and gradients=True")
+    hidden = tuple(_resolve("hidden", hidden, config))
+    dropout = float(_resolve("dropout", dropout, config))
+    lr = float(_resolve("lr", lr, config))
+    batch_size = int(_resolve("batch_size", batch_size, config))
+    epochs = int(_resolve("epochs", epochs, config))
+    weight_decay = float(_resolve("weight_decay", weight_decay, config))
+    seed = int(_resolve("seed", seed, config))
+    dev = resolve_device(_resolve("device", device, config))
+    la_lr = float(lr if lookahead_lr is None else lookahead_lr)
+
+    idx = np.arange(ds.n_compounds) if train_idx is None else np.asarray(train_idx, dtype=np.int64)
+    X = sp.csr_matrix(ds.X[idx])
+    lab = sp.csr_matrix(ds.labels_sparse()[idx])
+    K = ds.n_tasks
+    has_label = np.diff(lab.indptr) > 0
+    task_n = np.bincount(lab.indices, minlength=K)
+    info = {
+        "n_train_compounds": len(idx),
+        "compounds_without_label": int((~has_label).sum()),
+        "tasks_without_train_label": [str(t) for t in ds.tasks["task_id"].to_numpy()[task_n == 0]],
+    }
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = MultiTaskNet(X.shape[1], K, hidden=hidden, dropout=dropout).to(dev, dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    z_mean, c_mean, f_mean = _Mean(K, epochs), _Mean(K, epochs), _Mean(K, epochs)
+    ep_loss = np.zeros(epochs)
+    cost = dict.fromkeys(
+        (
+            "train_seconds",
+            "probe_seconds",
+            "train_steps",
+            "probe_steps",
+            "train_forward",
+            "train_backward",
+            "probe_forward",
+            "probe_backward",
+        ),
+        0.0,
+    )
+    step = 0
+    for epoch in range(epochs):
+        order = rng.permutation(len(idx))
+        losses = []
+        for s in range(0, len(order), batch_size):
+            rows = np.sort(order[s : s + batch_size])
+            batch = SparseBatch.from_csr(X, rows, device=dev)
+            v = torch.as_tensor(lab[rows].toarray(), device=dev)
+            yb, mb = (v == 1).to(dtype), (v != 0).to(dtype)
+            if step % every == 0:
+                t0 = time.perf_counter()
+                if method == "fast":
+                    pr = lookahead_fast(
+                        model,
+                        batch,
+                        yb,
+                        mb,
+                        lr=la_lr,
+                        divide_by_lr=divide_by_lr,
+                        exact=exact,
+                        gradients=gradients,
+                        chunk=chunk,
+                    )
+                else:
+                    pr = lookahead_reference(
+                        model, batch, yb, mb, lr=la_lr, divide_by_lr=divide_by_lr
+                    )
+                cost["probe_seconds"] += time.perf_counter() - t0
+                n_src = int((pr.n_pairs > 0).sum())
+                cost["probe_steps"] += 1
+                cost["probe_forward"] += 1 + (n_src if exact else 0)
+                cost["probe_backward"] += 1 if method == "fast" else n_src
+                if pr.Z is not None:
+                    z_mean.add(epoch, pr.Z)
+                if pr.cosine is not None:
+                    c_mean.add(epoch, pr.cosine)
+                if pr.first_order is not None:
+                    f_mean.add(epoch, pr.first_order)
+            t0 = time.perf_counter()
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            loss = masked_bce(model(batch), yb, mb)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            cost["train_seconds"] += time.perf_counter() - t0
+            cost["train_steps"] += 1
+            cost["train_forward"] += 1
+            cost["train_backward"] += 1
+            step += 1
+        ep_loss[epoch] = float(np.mean(losses)) if losses else np.nan
+    has_z = exact or method == "reference"
+    has_g = gradients or method == "reference"
+    counts = (z_mean if has_z else c_mean).c
+    settings = {
+        "lookahead_lr": la_lr,
+        "divide_by_lr": bool(divide_by_lr),
+        "probe_mode": "eval",
+        "every": int(every),
+        "method": method,
+        "hidden": list(hidden),
+        "dropout": dropout,
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "dtype": str(dtype).replace("torch.", ""),
+        "affinity_definition": "1 - L_j(theta') / L_j(theta)"
+        + (" divided by lookahead_lr" if divide_by_lr else ""),
+    }
+    return TagResult(
+        affinity=z_mean.mean() if has_z else None,
+        counts=counts.copy(),
+        history=z_mean.history() if has_z else None,
+        history_counts=(z_mean if has_z else c_mean).ec.copy(),
+        cosine=c_mean.mean() if has_g else None,
+        first_order=f_mean.mean() if has_g else None,
+        task_ids=[str(t) for t in ds.tasks["task_id"].to_numpy()],
+        settings=settings,
+        cost={k: float(v) for k, v in cost.items()},
+        info=info,
+        history_loss=ep_loss,
+        model=model if keep_model else None,
+    )
