@@ -191,7 +191,11 @@ def fold_balance(
         ax.set_title(label)
         ax.set_xlabel("fold")
         ax.set_xticks(tables[names[0]].index)
-    axes[0].legend()
+    # one legend above the panels: inside any panel it would cover the bars
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].figure.legend(
+        handles, [f"{n} split" for n in labels], loc="outside upper center", ncols=len(names)
+    )
     return axes
 
 

@@ -38,3 +38,9 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def in_ci() -> bool:
     return IN_CI
+
+
+@pytest.fixture(scope="session")
+def executed():
+    """The :func:`executed_notebook` helper, as a fixture: ``executed("01_data") -> Path``."""
+    return executed_notebook
