@@ -76,6 +76,8 @@ __all__ = [
     "extrapolation_error",
     "extrapolation_table",
     "simulate_curves",
+    "size_grid",
+    "with_single_task_points",
 ]
 
 # Exponent clip: keeps exp() finite for any parameter the optimizer may try.
@@ -236,7 +238,9 @@ def _grid_starts(Z, y, w, lo, hi, pen, shape, *, n_grid: int, n_starts: int) -> 
 
 
 # ----------------------------------------------------------------------------- polish
-def _lm(theta, Z, y, w, lo, hi, pen, shape, *, max_iter: int, ftol: float = 1e-10):
+def _lm(
+    theta, Z, y, w, lo, hi, pen, shape, *, max_iter: int, ftol: float = 1e-10, xtol: float = 1e-9
+):
     """Bounded Levenberg-Marquardt for many curves at once.
 
     Bounds are handled by an active set (a coordinate at a bound whose gradient pushes
@@ -294,7 +298,8 @@ def _lm(theta, Z, y, w, lo, hi, pen, shape, *, max_iter: int, ftol: float = 1e-1
         cost2 = np.sum(r2**2, axis=1)
         better = np.isfinite(cost2) & (cost2 < cost[act])
         gain = np.where(better, cost[act] - cost2, 0.0)
-        small = better & (gain <= ftol * (cost[act] + 1e-20))
+        step = np.abs(new - th) <= xtol * (np.abs(th) + xtol)
+        small = better & ((gain <= ftol * (cost[act] + 1e-20)) | step.all(axis=1))
         # a projected gradient that vanishes also means a (bounded) stationary point
         pg = np.abs(g * keep).max(axis=1) <= 1e-14 * (1.0 + cost[act])
         bi = act[better]
@@ -331,7 +336,7 @@ def _scipy_polish(theta0, Z, y, w, lo, hi, pen, shape):
     x0 = np.clip(theta0, lo_s, hi_s)
     try:
         res = optimize.least_squares(
-            fun, x0, jac=jac, bounds=(lo_s, hi_s), method="trf", x_scale="jac", max_nfev=2000
+            fun, x0, jac=jac, bounds=(lo_s, hi_s), method="trf", x_scale="jac", max_nfev=100
         )
     except (ValueError, np.linalg.LinAlgError):
         return theta0, np.inf, False
@@ -446,10 +451,10 @@ def _fit_batch(
                 None if pen is None else pen[j],
                 spec.shape,
             )
-            if polish != "batched" or c2 <= cost[j] * (1 + 1e-9):
-                if c2 <= cost[j] * (1 + 1e-6) or polish != "batched":
-                    th[j], cost[j] = t2, c2
-                cv[j] = s2 or cv[j]
+            if polish == "scipy":
+                th[j], cost[j], cv[j] = t2, c2, s2
+            elif c2 <= cost[j]:  # fallback: keep scipy's answer only if it is no worse
+                th[j], cost[j], cv[j] = t2, c2, s2
         names_out[ok] = th
         sse[ok] = _sse(th, Zo, yo, wo, spec.shape, None)
         conv[ok] = cv
@@ -953,3 +958,28 @@ def simulate_curves(
         for j in range(C.shape[1]):
             out[f"n{j + 1}"] = np.tile(C[:, j], R * F)
     return out
+
+
+def with_single_task_points(
+    df: pd.DataFrame,
+    *,
+    regime: str = "regime",
+    single: str = "stl",
+    pair: str = "pair",
+    task: str = "task",
+    partner: str = "partner",
+    context: str = "n_context",
+) -> pd.DataFrame:
+    """Rows for pairwise fits: every pair row, plus the task's single-task rows copied once per
+    partner (with ``context = 0``), so that ``fit_pairwise(by=[..., task, partner])`` sees the
+    surface ``P_i(n_i, n_j)`` including ``n_j = 0``. Tasks without pair rows contribute nothing.
+    """
+    for col in (regime, task, partner, context):
+        if col not in df.columns:
+            raise InputTableError(f"table lacks column {col!r}; it has {list(df.columns)}")
+    pr = df[df[regime] == pair]
+    st = df[df[regime] == single]
+    partners = pr[[task, partner]].drop_duplicates()
+    st = st.drop(columns=[partner]).merge(partners, on=task, how="inner")
+    st[context] = 0
+    return pd.concat([st[pr.columns], pr], ignore_index=True)

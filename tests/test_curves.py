@@ -224,3 +224,21 @@ def test_random_curves_never_raise(n, p, model, f32):
     hard = set(fit.flag.split(";")) & set(C._HARD_FLAGS)
     if not hard:
         assert np.isfinite(fit.params["c"]) and fit.params["a" if model != "pow3" else "alpha"] >= 0
+
+
+def test_with_single_task_points_builds_pair_surfaces():
+    df = pd.DataFrame(
+        {
+            "regime": ["stl", "stl", "pair", "pair", "pair", "stl"],
+            "task": ["A", "A", "A", "A", "A", "B"],
+            "partner": [None, None, "B", "B", "C", None],
+            "n_task": [16, 32, 16, 32, 16, 16],
+            "n_context": [0, 0, 16, 16, 32, 0],
+            "value": [0.6, 0.7, 0.65, 0.75, 0.62, 0.6],
+        }
+    )
+    out = C.with_single_task_points(df)
+    assert len(out) == 3 + 2 * 2  # pair rows + A's two stl rows for each of partners B, C
+    assert set(out.loc[out.regime == "stl", "partner"]) == {"B", "C"}
+    assert (out.loc[out.regime == "stl", "n_context"] == 0).all()
+    assert "B" not in set(out["task"])
