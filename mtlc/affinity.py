@@ -217,6 +217,63 @@ def _dense_rows(batch: SparseBatch, n_features: int, dtype: torch.dtype) -> torc
     return X
 
 
+def _gradient_inner(
+    h_list: list[torch.Tensor],
+    deltas: list[torch.Tensor],
+    M1: torch.Tensor,
+    bp: torch.Tensor,
+    kp: torch.Tensor,
+    n_t: torch.Tensor,
+    chunk: int,
+) -> np.ndarray:
+    """``<g_i, g_j>`` over all trunk parameters, ``(K, K)``, from the per-pair signals.
+
+    With ``M_1 = X X^T + 1`` and ``M_l = h_{l-1} h_{l-1}^T + 1`` (``+ 1``: the bias),
+    ``<g_i, g_j> = sum_l sum_{p in i, q in j} M_l[b_p, b_q] <delta_l[p], delta_l[q]>``.
+    Two equivalent evaluations; the cheaper one is used: in pair space (a ``(P, P)`` Gram,
+    cost ``P^2 H``: sparse labels) or in row space (per-task ``(B, H)`` row sums of the pair
+    signals, cost ``K^2 B H + K B^2 H``: dense labels).
+    """
+    dtype, dev = M1.dtype, M1.device
+    K, B, P = int(n_t.numel()), int(M1.shape[0]), int(bp.numel())
+    Ms = [M1] + [h @ h.T + 1.0 for h in h_list[:-1]]
+    src = torch.nonzero(n_t > 0).flatten()
+    Ks = int(src.numel())
+    if P * P <= Ks * Ks * B + Ks * B * B:
+        G = torch.zeros(P, P, dtype=dtype, device=dev)
+        for M, d in zip(Ms, deltas, strict=True):
+            G += M[bp][:, bp] * (d @ d.T)
+        A = torch.zeros(K, P, dtype=dtype, device=dev).index_add_(0, kp, G)
+        return (
+            torch.zeros(K, K, dtype=dtype, device=dev).index_add_(1, kp, A).double().cpu().numpy()
+        )
+    # row space: D_i[b] = sum of task i's pair signals at row b; <g_i, g_j> = sum <D_i, M D_j>
+    n_long = n_t.long()
+    start = (torch.cumsum(n_long, 0) - n_long).cpu().numpy()
+    n_np = n_long.cpu().numpy()
+    src_np = src.cpu().numpy()
+    local = torch.full((K,), -1, dtype=torch.long, device=dev)
+    local[src] = torch.arange(Ks, device=dev)
+    blocks = [src_np[c : c + chunk] for c in range(0, Ks, chunk)]
+
+    def rows(d: torch.Tensor, blk: np.ndarray) -> torch.Tensor:
+        lo, hi = int(start[blk[0]]), int(start[blk[-1]] + n_np[blk[-1]])
+        D = torch.zeros(len(blk), B, d.shape[1], dtype=dtype, device=dev)
+        D.index_put_((local[kp[lo:hi]] - int(local[blk[0]]), bp[lo:hi]), d[lo:hi], accumulate=True)
+        return D
+
+    out = np.zeros((K, K))
+    for bi in blocks:
+        acc = torch.zeros(len(bi), Ks, dtype=dtype, device=dev)
+        for M, d in zip(Ms, deltas, strict=True):
+            Q = torch.matmul(M, rows(d, bi)).reshape(len(bi), -1)  # (C, B*H)
+            for bj in blocks:
+                j0 = int(local[bj[0]])
+                acc[:, j0 : j0 + len(bj)] += Q @ rows(d, bj).reshape(len(bj), -1).T
+        out[np.ix_(bi, src_np)] = acc.double().cpu().numpy()
+    return out
+
+
 def _exact_lookahead(
     model: MultiTaskNet,
     a_list: list[torch.Tensor],
@@ -368,15 +425,7 @@ def lookahead_fast(
 
         inner = None
         if gradients and P:
-            # <g_i, g_j> = sum_l sum_{p in i, q in j} M_l[b_p, b_q] <delta_l[p], delta_l[q]>
-            Gp = M1[bp][:, bp] * (deltas[0] @ deltas[0].T)
-            for li in range(1, L):
-                hp = h_list[li - 1][bp]
-                Gp += (hp @ hp.T + 1.0) * (deltas[li] @ deltas[li].T)
-            # sum the (P, P) pair Gram into (K, K) task blocks
-            A = torch.zeros(K, P, dtype=dtype, device=dev).index_add_(0, kp, Gp)
-            G = torch.zeros(K, K, dtype=dtype, device=dev).index_add_(1, kp, A)
-            inner = G.double().cpu().numpy()
+            inner = _gradient_inner(h_list, deltas, M1, bp, kp, n_t, chunk)
         elif gradients:
             inner = np.full((K, K), np.nan)
 
@@ -493,16 +542,21 @@ _DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "seed": 0,
     "device": "auto",
+    "dtype": "float32",
 }
+
+
+_ALIASES = {"epochs": ("epochs", "max_epochs")}  # TrainConfig calls it max_epochs
 
 
 def _resolve(name: str, explicit: Any, config: Any) -> Any:
     if explicit is not None:
         return explicit
     if config is not None:
-        v = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
-        if v is not None:
-            return v
+        for key in _ALIASES.get(name, (name,)):
+            v = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+            if v is not None:
+                return v
     return _DEFAULTS[name]
 
 
@@ -525,7 +579,7 @@ def tag_train(
     method: str = "fast",
     exact: bool = True,
     gradients: bool = True,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = None,
     keep_model: bool = False,
     chunk: int = 32,
 ) -> TagResult:
@@ -540,13 +594,15 @@ def tag_train(
     ds: a ``MultiTaskDataset`` with features ``X``.
     train_idx: compound indices to train on (default: all compounds).
     config: optional ``mtlc.training.TrainConfig`` (or dict) supplying hidden, dropout, lr,
-        batch_size, epochs, weight_decay, seed, device; explicit keywords win.
+        batch_size, epochs (``max_epochs``), weight_decay, seed, device, dtype; explicit
+        keywords win. TAG trains a fixed number of epochs: no early stopping (the affinities
+        are a property of the training trajectory, not of a selected model).
     every: probe period in steps (TAG's default 10).
     lookahead_lr: lookahead step size (default: the training ``lr``).
     divide_by_lr: divide Z (and the first-order Z) by ``lookahead_lr`` as the official code does.
     method: "fast" (:func:`lookahead_fast`) or "reference" (:func:`lookahead_reference`).
     exact, gradients: what the fast probe computes (exact Z; gradient baselines).
-    dtype: parameter dtype (float32 default; float64 for tests).
+    dtype: parameter dtype, torch dtype or "float32"/"float64" (default float32).
     """
     if getattr(ds, "X", None) is None:
         raise ConfigError(
@@ -568,6 +624,11 @@ def tag_train(
     seed = int(_resolve("seed", seed, config))
     dev = resolve_device(_resolve("device", device, config))
     la_lr = float(lr if lookahead_lr is None else lookahead_lr)
+    dtype = _resolve("dtype", dtype, config)
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        dtype = getattr(torch, dtype)
 
     idx = np.arange(ds.n_compounds) if train_idx is None else np.asarray(train_idx, dtype=np.int64)
     X = sp.csr_matrix(ds.X[idx])

@@ -85,6 +85,20 @@ def test_fast_equals_reference_random_shapes(seed, depth, K, B, density, lr):
     assert np.array_equal(np.isnan(fast.Z), np.isnan(ref.Z))
     if np.isfinite(ref.Z).any():
         assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-6
+        scale = np.nanmax(np.abs(ref.inner))
+        assert np.nanmax(np.abs(fast.inner - ref.inner)) <= 1e-9 * scale
+
+
+@pytest.mark.parametrize("density", [0.05, 1.0])  # pair-space vs row-space gradient Gram
+@pytest.mark.parametrize("hidden", [(16,), (16, 12)])
+def test_gradient_inner_products_both_evaluations(density, hidden):
+    net, batch, y, m = _problem(B=40, K=9, hidden=hidden, density=density)
+    fast = lookahead_fast(net, batch, y, m, lr=0.1, chunk=4)
+    ref = lookahead_reference(net, batch, y, m, lr=0.1)
+    scale = np.nanmax(np.abs(ref.inner))
+    assert np.array_equal(np.isnan(fast.inner), np.isnan(ref.inner))
+    assert np.nanmax(np.abs(fast.inner - ref.inner)) < 1e-9 * scale
+    assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-6
 
 
 @pytest.mark.parametrize("hidden", [(16,), (16, 12)])
@@ -226,6 +240,12 @@ def test_tag_train_config_and_errors():
     )
     assert res.affinity is None and res.first_order is not None
     assert res.settings["hidden"] == [8] and res.settings["epochs"] == 1
+    from mtlc.training import TrainConfig
+
+    cfg = TrainConfig(hidden=(6,), max_epochs=2, batch_size=16, dtype="float64")
+    res = tag_train(ds, config=cfg, every=5, seed=0)
+    assert res.settings["epochs"] == 2 and res.settings["dtype"] == "float64"
+    assert res.settings["hidden"] == [6] and res.history.shape == (2, 2 * 2, 2 * 2)
     with pytest.raises(ConfigError, match="method"):
         tag_train(ds, method="magic")
     ds.X = None
