@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mtlc.datasets._core import MultiTaskDataset
-from mtlc.errors import InputTableError
+from mtlc.errors import ConfigError, InputTableError
 
 
 def drop_single_class(
@@ -76,5 +76,83 @@ def finish(
 
 
 def as_str_ids(values: Any) -> np.ndarray:
-    """Ids as a numpy array of Python str (pandas may hand back Arrow strings)."""
-    return np.asarray(pd.Series(values).astype(str).to_numpy(dtype=object))
+    """Ids as an object array of Python str.
+
+    pandas 3 stores strings as Arrow arrays by default, and its ``isin`` against another Arrow
+    array iterates element by element in Python (10 s for the KIBA matrix); object arrays use a
+    hash table (milliseconds).
+    """
+    return np.array([str(v) for v in values], dtype=object)
+
+
+def obj_series(values: Any, index: Any) -> pd.Series:
+    """A Series with an object-dtype index of str ids (see :func:`as_str_ids`)."""
+    return pd.Series(
+        np.asarray(values, dtype=object), index=pd.Index(as_str_ids(index), dtype=object)
+    )
+
+
+# --------------------------------------------------------------------------- pair merging
+def merge_pairs(
+    table: pd.DataFrame,
+    *,
+    threshold: float | None,
+    direction: str | None,
+    compound_col: str = "compound_id",
+    task_col: str = "task_id",
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Collapse duplicated (compound, task) rows of a long table to one label per pair.
+
+    Rule: when every row of the pair has a raw ``value`` and a threshold is known, take the
+    median value and threshold it again (``direction`` ``"greater"``: active if value >=
+    threshold, ``"less"``: active if value <= threshold). Otherwise take the majority label, ties
+    counted as active (the median of the 0/1 labels, rounded up).
+
+    Returns the collapsed table (columns compound, task, label, value) and counts:
+    ``duplicate_rows`` (rows removed), ``pairs_affected`` (pairs that had several rows) and
+    ``conflicting_pairs`` (pairs whose rows disagreed on the label).
+    """
+    t = table[[compound_col, task_col, "label", "value"]]
+    dup = t.duplicated([compound_col, task_col], keep=False)
+    if not dup.any():
+        return t.reset_index(drop=True), {
+            "duplicate_rows": 0,
+            "pairs_affected": 0,
+            "conflicting_pairs": 0,
+        }
+    single = t[~dup]
+    g = t[dup].groupby([compound_col, task_col], sort=False)
+    agg = g.agg(
+        value=("value", "median"),
+        n_value=("value", "count"),
+        n=("label", "size"),
+        mean_label=("label", "mean"),
+        min_label=("label", "min"),
+        max_label=("label", "max"),
+    ).reset_index()
+    by_value = agg["n_value"].eq(agg["n"]) & (threshold is not None)
+    if threshold is not None:
+        lab_v = binarize(agg["value"].to_numpy(), threshold, direction or "greater")
+    else:
+        lab_v = np.zeros(len(agg), dtype=np.int8)
+    lab_m = (agg["mean_label"].to_numpy() >= 0.5).astype(np.int8)
+    agg["label"] = np.where(by_value.to_numpy(), lab_v, lab_m).astype(np.int8)
+    # keep a median value only where every row had one
+    agg["value"] = agg["value"].where(agg["n_value"].eq(agg["n"]))
+    stats = {
+        "duplicate_rows": int(dup.sum() - len(agg)),
+        "pairs_affected": len(agg),
+        "conflicting_pairs": int((agg["min_label"] != agg["max_label"]).sum()),
+    }
+    out = pd.concat([single, agg[[compound_col, task_col, "label", "value"]]], ignore_index=True)
+    return out, stats
+
+
+def binarize(values: np.ndarray, threshold: float, direction: str) -> np.ndarray:
+    """0/1 labels: ``greater`` -> value >= threshold is active; ``less`` -> value <= threshold."""
+    v = np.asarray(values, dtype=np.float64)
+    if direction == "greater":
+        return (v >= threshold).astype(np.int8)
+    if direction == "less":
+        return (v <= threshold).astype(np.int8)
+    raise ConfigError(f"direction must be 'greater' or 'less', got {direction!r}")

@@ -13,10 +13,9 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
-from mtlc.datasets._common import finish
+from mtlc.datasets._common import binarize, finish
 from mtlc.datasets._core import MultiTaskDataset
 from mtlc.datasets._files import data_path
-from mtlc.features import binarize
 
 _KD = "davis/drug-target_interaction_affinities_Kd__Davis_et_al.2011v1.txt"
 

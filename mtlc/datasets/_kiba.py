@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mtlc.datasets._common import finish
+from mtlc.datasets._common import as_str_ids, finish, obj_series
 from mtlc.datasets._core import MultiTaskDataset
 from mtlc.datasets._files import data_path
 from mtlc.errors import ConfigError, InputTableError
@@ -37,15 +37,17 @@ def _read_matrix() -> pd.DataFrame:
         dtype={"chembl_id": str, "uniprot": str, "kiba_score": np.float64},
         engine="pyarrow",
     )
-    return t.rename(
-        columns={"chembl_id": "compound_id", "uniprot": "task_id", "kiba_score": "value"}
-    )
+    t = t.rename(columns={"chembl_id": "compound_id", "uniprot": "task_id", "kiba_score": "value"})
+    for c in ("compound_id", "task_id"):
+        t[c] = as_str_ids(t[c])
+    return t
 
 
 def offline_smiles() -> tuple[pd.Series, dict[str, int]]:
     """ChEMBL ID -> SMILES from the offline sources (PADME first, then DeepDTA isomeric)."""
     with open(data_path("kiba/ligands_iso.txt")) as fh:
-        iso = pd.Series(json.load(fh), dtype=object)
+        d = json.load(fh)
+    iso = obj_series(list(d.values()), list(d))
     pad = pd.read_csv(data_path("kiba/drug_info.csv"), dtype=str)
     pad = pd.Series(
         pad["smiles"].to_numpy(dtype=object), index=pad["CHEMBL_ID"].to_numpy(dtype=object)
@@ -97,8 +99,7 @@ def read_smiles_table(smiles: str | os.PathLike | dict | pd.Series) -> pd.Series
             index=t[cols["chembl_id"]].to_numpy(dtype=object),
         )
     s = s.dropna()
-    s.index = s.index.astype(str)
-    return s.astype(object)
+    return obj_series(s.to_numpy(dtype=object), s.index)
 
 
 def _apply_recipe(t: pd.DataFrame, recipe: str) -> tuple[pd.DataFrame, list[str]]:
@@ -161,6 +162,7 @@ def kiba(
         )
     if structures == "none" and features:
         raise ConfigError("structures='none' has no SMILES to featurize; pass features=False")
+    user = read_smiles_table(smiles) if smiles is not None else None  # fail fast on a bad table
     raw = _read_matrix()
     raw["label"] = (raw["value"] <= threshold).astype(np.int8)
     full, dropped_full = _apply_recipe(raw, recipe)
@@ -187,8 +189,7 @@ def kiba(
         return finish("kiba", full, smiles=None, info=info, features=False)
 
     smap, sstats = offline_smiles()
-    if smiles is not None:
-        user = read_smiles_table(smiles)
+    if user is not None:
         sstats["user"] = len(user)
         sstats["user_not_in_matrix"] = int((~user.index.isin(raw["compound_id"])).sum())
         smap = pd.concat([user, smap[~smap.index.isin(user.index)]])

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mtlc.datasets._common import finish
+from mtlc.datasets._common import binarize, finish, merge_pairs
 from mtlc.datasets._core import MultiTaskDataset
 from mtlc.datasets._files import data_path
-from mtlc.features import binarize, merge_pairs
 
 
 def kinase200(*, threshold: float = 6.5, features: bool = True) -> MultiTaskDataset:

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtlc.datasets._common import finish
+from mtlc.datasets._common import as_str_ids, binarize, finish, merge_pairs
 from mtlc.datasets._core import MultiTaskDataset
 from mtlc.errors import ConfigError, InputTableError
-from mtlc.features import binarize, merge_pairs
 
 
 def _read(path_or_df: str | os.PathLike | pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -115,8 +114,8 @@ def from_table(
         raise InputTableError(
             f"{where} has no complete rows (compound, task, smiles and label/value)"
         )
-    t["compound_id"] = t["compound_id"].astype(str)
-    t["task_id"] = t["task_id"].astype(str)
+    t["compound_id"] = as_str_ids(t["compound_id"])
+    t["task_id"] = as_str_ids(t["task_id"])
     if use_value:
         t["label"] = binarize(t["value"].to_numpy(), threshold, direction)
     else:
