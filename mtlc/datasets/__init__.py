@@ -19,18 +19,9 @@ from mtlc.datasets._davis import davis
 from mtlc.datasets._files import data_path
 from mtlc.datasets._kiba import kiba
 from mtlc.datasets._kinase200 import kinase200
+from mtlc.datasets._synthetic import synthetic
 from mtlc.datasets._table import from_table
 from mtlc.errors import ConfigError
-
-try:
-    from mtlc.datasets._synthetic import synthetic
-except ModuleNotFoundError as _exc:  # the generator lands in its own commit
-    if _exc.name != "mtlc.datasets._synthetic":
-        raise
-
-    def synthetic(**kw: Any) -> MultiTaskDataset:  # type: ignore[misc]
-        raise ConfigError("the synthetic generator (mtlc/datasets/_synthetic.py) is not installed")
-
 
 __all__ = [
     "MultiTaskDataset",
