@@ -330,3 +330,63 @@ def test_bad_options_raise_config_error(kw, match):
 def test_docstring_examples_run():
     result = doctest.testmod(synmod, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------- the network sees it
+def _target_auc(ds, partner: int | None, *, n_target: int, n_partner: int, seed: int) -> float:
+    """Test AUC of t00 from a MultiTaskNet trained on n_target t00 labels (+ a partner task)."""
+    import torch
+
+    from mtlc.models import MultiTaskNet, SparseBatch, masked_bce
+
+    Y = np.nan_to_num(ds.label_matrix())
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(ds.n_compounds)
+    test, pool = perm[:1000], perm[1000:]
+    tasks = [0] if partner is None else [0, partner]
+    mask = np.zeros((ds.n_compounds, len(tasks)), np.float32)
+    mask[pool[:n_target], 0] = 1
+    if partner is not None:
+        mask[pool[:n_partner], 1] = 1
+    labels = Y[:, tasks].astype(np.float32)
+    train = np.flatnonzero(mask.any(1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: extra threads only contend on the shared cores
+    torch.manual_seed(seed)
+    net = MultiTaskNet(ds.X.shape[1], len(tasks), hidden=(128,), dropout=0.2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(15):
+        net.train()
+        rng.shuffle(train)
+        for b in range(0, len(train), 128):
+            idx = train[b : b + 128]
+            loss = masked_bce(
+                net(SparseBatch.from_csr(ds.X, idx)),
+                torch.from_numpy(labels[idx]),
+                torch.from_numpy(mask[idx]),
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        p = net(SparseBatch.from_csr(ds.X, test))[:, 0].numpy()
+    torch.set_num_threads(threads)
+    return roc_auc_score(Y[test, 0], p)
+
+
+@pytest.mark.slow
+def test_network_gains_from_a_related_partner_not_an_unrelated_one():
+    # t00 with 50 labels; partner with 2000: its group mate t01 (relatedness 0.97) or the
+    # unrelated t09 (relatedness 0). Measured, seeds 0 and 1: alone 0.655, 0.633; with t01
+    # 0.708, 0.742; with t09 0.665, 0.668 (mean gap related - unrelated 0.06).
+    ds = synthetic(
+        n_compounds=3000, shared_strength=0.0, group_strength=3.0, task_noise=0.1, seed=0
+    )
+    related, unrelated = [], []
+    for seed in (0, 1):
+        kw = dict(n_target=50, n_partner=2000, seed=seed)
+        related.append(_target_auc(ds, 1, **kw))
+        unrelated.append(_target_auc(ds, 9, **kw))
+    assert np.mean(related) > np.mean(unrelated) + 0.03
+    assert np.mean(related) > 0.68
