@@ -27,6 +27,32 @@ PROFILES = ("smoke", "full")
 DEFAULT_KERNEL = "python3"
 
 
+# Tags that already decide how a cell's code shows in the book; such cells are left alone.
+_INPUT_TAGS = {"hide-input", "remove-input", "remove-cell", "hide-cell", "show-input"}
+
+
+def hide_code(path: str | Path) -> int:
+    """Tag every code cell of an executed notebook ``hide-input`` (collapsed in the book).
+
+    The book reads as prose, figures and tables, with each cell's code one click away. Cells
+    already tagged ``show-input`` (keep visible) or with another input tag are left as they are.
+    Returns the number of cells tagged.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if not _INPUT_TAGS & set(tags):
+            tags.append("hide-input")
+            n += 1
+    nbformat.write(nb, str(path))
+    return n
+
+
 class NotebookExecutionError(MtlcError):
     """A notebook cell raised; the message names the notebook, the cell and the error."""
 
@@ -109,6 +135,7 @@ def execute(
     output_dir: str | Path | None = None,
     cwd: str | Path | None = None,
     kernel_name: str = DEFAULT_KERNEL,
+    collapse_code: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> list[ExecutionResult]:
     """Execute notebooks in name order into ``output_dir`` (default ``book/executed/``).
@@ -123,6 +150,8 @@ def execute(
         Extra papermill parameters, applied to every notebook after ``profile``.
     cwd:
         Kernel working directory; default the repository top.
+    collapse_code:
+        Tag the executed copies' code cells ``hide-input`` (see :func:`hide_code`).
     log:
         Called with one progress line per notebook (``None`` for silence).
 
@@ -170,6 +199,8 @@ def execute(
             raise NotebookExecutionError(
                 f"notebook {source.name} could not be executed: {type(exc).__name__}: {exc}"
             ) from exc
+        if collapse_code:
+            hide_code(output)
         seconds = time.perf_counter() - start
         results.append(ExecutionResult(source.stem, source, output, seconds))
         if log is not None:

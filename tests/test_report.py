@@ -182,6 +182,16 @@ def test_kernel_round_trip(glue_book):
     assert not (glue_book / "src" / "01_glue.ipynb").read_text().count("injected-parameters")
 
 
+def test_executed_code_collapsed(glue_book):
+    nb = nbformat.read(str(glue_book / "executed" / "01_glue.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all("hide-input" in c.metadata.get("tags", []) for c in code)
+    src = nbformat.read(str(glue_book / "src" / "01_glue.ipynb"), as_version=4)
+    assert all(
+        "hide-input" not in c.metadata.get("tags", []) for c in src.cells
+    )  # source untouched
+
+
 def test_glue_text_renders_in_book(glue_book):
     html = glue_book / "_build" / "html"
     intro = (html / "intro.html").read_text()
