@@ -189,6 +189,7 @@ def execute(
                 str(output),
                 parameters=params,
                 kernel_name=kernel_name,
+                language="python",  # notebooks written by scripts may lack language metadata
                 cwd=str(cwd if cwd is not None else root),
                 progress_bar=False,
                 log_output=False,
