@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
+import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +30,7 @@ from rdkit.Chem.MolStandardize import rdMolStandardize
 from mtlc.datasets._common import binarize, merge_pairs
 from mtlc.datasets._core import MultiTaskDataset
 from mtlc.datasets._files import atomic_write_bytes, cache_dir
-from mtlc.errors import InputTableError
+from mtlc.errors import ConfigError, InputTableError
 
 __all__ = ["binarize", "ecfp", "featurize", "merge_pairs", "standardize"]
 
@@ -97,6 +101,57 @@ def standardize(
     }
 
 
+# below this many molecules, starting worker processes costs more than it saves
+_PARALLEL_MIN = 20_000
+
+
+def _n_jobs(n: int) -> int:
+    env = os.environ.get("MTLC_N_JOBS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ConfigError(f"MTLC_N_JOBS must be an integer, got {env!r}") from None
+    if n < _PARALLEL_MIN:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    offsets = np.cumsum([0] + [int(p["indptr"][-1]) for p in parts])
+    indptr = [parts[0]["indptr"][:1]] + [
+        p["indptr"][1:] + off for p, off in zip(parts, offsets[:-1], strict=True)
+    ]
+    return {
+        "ok": np.concatenate([p["ok"] for p in parts]),
+        "canonical": np.concatenate([p["canonical"] for p in parts]).astype(str),
+        "reason": np.concatenate([p["reason"] for p in parts]).astype(str),
+        "indptr": np.concatenate(indptr),
+        "indices": np.concatenate([p["indices"] for p in parts]),
+        "n_rdkit_errors": np.int64(sum(int(p["n_rdkit_errors"]) for p in parts)),
+    }
+
+
+def _standardize_parallel(
+    smiles_list: Sequence[str | None], *, radius: int, n_bits: int
+) -> dict[str, Any]:
+    """:func:`standardize` in contiguous chunks on worker processes (same result, in order).
+
+    Workers are spawned, not forked: the parent may hold torch or Jupyter threads. The number
+    of workers is ``$MTLC_N_JOBS`` or, for 20,000 molecules and more, up to 4 CPUs.
+    """
+    smiles_list = list(smiles_list)
+    jobs = _n_jobs(len(smiles_list))
+    if jobs == 1:
+        return standardize(smiles_list, radius=radius, n_bits=n_bits)
+    bounds = np.linspace(0, len(smiles_list), 4 * jobs + 1).astype(int)
+    chunks = [smiles_list[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        parts = list(pool.map(partial(standardize, radius=radius, n_bits=n_bits), chunks))
+    return _concat(parts)
+
+
 def _cache_key(smiles_list: Sequence[str | None], radius: int, n_bits: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([_CACHE_VERSION, rdkit.__version__, radius, n_bits]).encode())
@@ -109,7 +164,7 @@ def _standardize_cached(
     smiles_list: Sequence[str | None], *, radius: int, n_bits: int, cache: bool
 ) -> dict[str, Any]:
     if not cache:
-        return standardize(smiles_list, radius=radius, n_bits=n_bits)
+        return _standardize_parallel(smiles_list, radius=radius, n_bits=n_bits)
     path = cache_dir() / "features" / f"{_cache_key(smiles_list, radius, n_bits)}.npz"
     if path.is_file():
         try:
@@ -117,7 +172,7 @@ def _standardize_cached(
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError):  # torn or foreign file: recompute it
             pass
-    out = standardize(smiles_list, radius=radius, n_bits=n_bits)
+    out = _standardize_parallel(smiles_list, radius=radius, n_bits=n_bits)
     buf = io.BytesIO()
     np.savez(buf, **out)
     try:
@@ -145,6 +200,20 @@ def ecfp(
             f"{res['reason'][i]}; fix or remove them"
         )
     return _csr(res, n_bits)
+
+
+def _identical_rows(X: sp.csr_matrix) -> dict[str, Any]:
+    """Distinct structures with the same bits (stereoisomers, bit collisions): kept, counted."""
+    X = X.tocsr()
+    X.sort_indices()
+    ind, ptr = X.indices, X.indptr
+    keys = pd.Series([ind[ptr[i] : ptr[i + 1]].tobytes() for i in range(X.shape[0])])
+    counts = keys.map(keys.value_counts())
+    return {
+        "compounds": int((counts > 1).sum()),
+        "groups": int(keys[counts > 1].nunique()),
+        "note": "different structures (e.g. stereoisomers) with identical ECFP bits; kept apart",
+    }
 
 
 def _csr(res: dict[str, Any], n_bits: int, rows: np.ndarray | None = None) -> sp.csr_matrix:
@@ -251,6 +320,7 @@ def featurize(
     rows = pos.reindex(out.compounds["compound_id"]).to_numpy()
     out.X = _csr(res, n_bits, rows)
     out.compounds = out.compounds.assign(canonical_smiles=res["canonical"][rows].astype(object))
+    out.info["featurize"]["identical_fingerprints"] = _identical_rows(out.X)
     out.info["featurize"]["compounds_out"] = out.n_compounds
     out.info["featurize"]["pairs_out"] = out.n_pairs
     return out

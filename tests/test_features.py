@@ -188,3 +188,22 @@ def test_merge_pairs_properties(rows):
     got = out.set_index(["compound_id", "task_id"]).sort_index()
     np.testing.assert_allclose(got["value"].to_numpy(), med.sort_index().to_numpy())
     assert (got["label"].to_numpy() == (med.sort_index().to_numpy() >= 5)).all()
+
+
+def test_stereoisomers_kept_apart_but_counted():
+    t = pd.DataFrame({"compound_id": ["r", "s", "x"], "task_id": "t", "label": [1, 0, 0]})
+    ds = _ds(t, {"r": "C[C@H](N)c1ccccc1", "s": "C[C@@H](N)c1ccccc1", "x": "CCO"})
+    out = features.featurize(ds)
+    assert out.n_compounds == 3 and out.info["featurize"]["merged_compounds"] == 0
+    ident = out.info["featurize"]["identical_fingerprints"]
+    assert (ident["compounds"], ident["groups"]) == (2, 1)
+
+
+def test_parallel_standardize_equals_sequential(monkeypatch):
+    smi = ["CCO", "C1CC", "c1ccccc1O", None, "CC(=O)Nc1ccc(O)cc1.Cl", "CCN"] * 5
+    seq = features.standardize(smi)
+    monkeypatch.setenv("MTLC_N_JOBS", "2")
+    par = features._standardize_parallel(smi, radius=2, n_bits=2048)
+    assert set(par) == set(seq)
+    for k in seq:
+        assert np.array_equal(np.asarray(par[k]), np.asarray(seq[k])), k
