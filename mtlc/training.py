@@ -323,7 +323,7 @@ def prepare_specs(
 def init_weights(
     n_features: int, n_heads: int, hidden: Sequence[int], seed: int
 ) -> list[torch.Tensor]:
-    """Initial weights of one network, float64, drawn from a generator seeded with ``seed``.
+    """Initial weights of one network, float32, drawn from a generator seeded with ``seed``.
 
     Returns ``[W1 (F, H0), b1 (H0,), W2 (H0, H1), b2 (H1,), ..., Wh (H_last, T), bh (T,)]`` with
     weights stored input-major (``h @ W``). Distribution as ``nn.Linear``:
@@ -335,7 +335,7 @@ def init_weights(
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         bound = 1.0 / np.sqrt(a)
         for shape in ((a, b), (b,)):
-            out.append((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound)
+            out.append((torch.rand(shape, generator=g) * 2 - 1) * bound)
     return out
 
 

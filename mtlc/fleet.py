@@ -1,0 +1,586 @@
+"""Fleet training: many independent networks trained together with stacked parameters.
+
+A fleet of M models keeps every parameter as one stacked tensor with a leading model axis:
+
+- first layer ``W1 (M, R, H0)`` used through ONE ``embedding_bag`` over ``M * R`` rows, each
+  model's input bits offset by ``m * R``;
+- later layers ``(M, H_in, H_out)`` applied with ``torch.baddbmm``;
+- heads ``(M, H_last, T)``, one column per head of the model (padded with inert zero heads when
+  models have fewer heads than the widest one).
+
+Only the first-layer rows a model's *training* compounds can touch are trainable: a bit never set
+in the training data has zero gradient forever, so its Adam moments stay 0 and its update is exactly
+0 (with ``weight_decay == 0``; with weight decay every row is kept trainable). Those frozen rows keep
+their initial values; their contribution to validation and test compounds is precomputed once
+("frozen sums"). ``R`` is the widest model's count of trainable rows: small training sets give a
+small, cheap first layer, exactly.
+
+Models with different training-set sizes take different numbers of batches per epoch. Models are
+sorted by batches per epoch (descending), so at step ``s`` of an epoch the models that still have a
+batch form a prefix ``[:k]`` of the stacked tensors: every step works on contiguous views, no
+masking, no copies. Within a step, batches are padded to the largest one (empty bags, zero loss
+weight). A model that stops early is removed from the active set at the end of the epoch (its best
+weights are kept in a separate snapshot).
+
+Adam is the fused ``torch._fused_adam_`` kernel over per-model views (one step count per model, so
+the bias correction is each model's own), falling back to an equivalent plain implementation
+when that kernel is unavailable. Every random draw of a model comes from its own generators (batch
+order, dropout), so its numbers do not depend on the fleet it is trained in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from mtlc.models import resolve_device
+from mtlc.training import PreparedModel, TrainConfig, TrainOutcome, batch_order, init_weights
+
+__all__ = ["train_fleets", "train_fleet", "plan_fleets", "fleet_bytes"]
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass
+class _Csr:
+    """Rows of several models' compound lists in compact first-layer coordinates."""
+
+    rowptr: np.ndarray  # (n_rows + 1,) int64
+    cidx: np.ndarray  # (nnz,) int64 compact row of each set bit (within its model)
+
+    def bags(self, rows2d: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embedding-bag inputs for a ``(k, B)`` block of row ids (-1 = padding, empty bag).
+
+        Bits of the block's model ``j`` (row ``j``) are shifted by ``j * stride``.
+        """
+        k, b = rows2d.shape
+        flat = rows2d.ravel()
+        valid = flat >= 0
+        fr = np.where(valid, flat, 0)
+        starts = self.rowptr[fr]
+        counts = np.where(valid, self.rowptr[fr + 1] - starts, 0)
+        offsets = np.zeros(len(flat), dtype=np.int64)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        total = int(offsets[-1] + counts[-1]) if len(flat) else 0
+        idx = np.repeat(starts - offsets, counts) + np.arange(total, dtype=np.int64)
+        shift = np.repeat(np.repeat(np.arange(k, dtype=np.int64) * stride, b), counts)
+        return self.cidx[idx] + shift, offsets
+
+
+def _trainable_bits(X: sp.csr_matrix, compounds: np.ndarray, all_rows: bool) -> np.ndarray:
+    if all_rows:
+        return np.arange(X.shape[1], dtype=np.int64)
+    bits = np.unique(X[compounds].indices).astype(np.int64)
+    return bits if len(bits) else np.zeros(1, dtype=np.int64)
+
+
+def fleet_bytes(n_rows: int, n_heads: int, config: TrainConfig) -> int:
+    """Approximate bytes of trainable state for one model (params, grads, 2 Adam moments, best)."""
+    h = config.hidden
+    n = n_rows * h[0] + h[0] + sum(a * b + b for a, b in zip(h[:-1], h[1:], strict=True))
+    n += h[-1] * n_heads + n_heads
+    item = 4 if config.dtype == "float32" else 8
+    return 5 * n * item
+
+
+def plan_fleets(
+    X: sp.csr_matrix,
+    models: Sequence[PreparedModel],
+    config: TrainConfig,
+    *,
+    max_bytes: int = 1_500_000_000,
+    max_models: int = 512,
+) -> list[list[int]]:
+    """Group model positions into fleets: same number of heads, similar batch counts and widths.
+
+    Within a head count, models are sorted by (batches per epoch, trainable rows), then cut into
+    consecutive chunks that respect ``max_bytes`` of trainable state and ``max_models``.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(models):
+        groups.setdefault(m.n_heads, []).append(i)
+    fleets = []
+    for _, idx in sorted(groups.items()):
+        info = []
+        for i in idx:
+            m = models[i]
+            r = len(_trainable_bits(X, m.train_compounds, config.weight_decay > 0))
+            info.append((-m.n_batches(config.batch_size), -r, i, r))
+        info.sort()
+        cur: list[int] = []
+        cur_r = 0
+        for _, _, i, r in info:
+            width = max(cur_r, r)
+            need = fleet_bytes(width, models[i].n_heads, config) * (len(cur) + 1)
+            if cur and (need > max_bytes or len(cur) >= max_models):
+                fleets.append(cur)
+                cur, width = [], r
+            cur.append(i)
+            cur_r = width
+        if cur:
+            fleets.append(cur)
+    return fleets
+
+
+def train_fleets(
+    X: sp.csr_matrix,
+    models: Sequence[PreparedModel],
+    config: TrainConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+    max_bytes: int = 1_500_000_000,
+) -> list[TrainOutcome]:
+    """Train all prepared models, fleet by fleet; outcomes in the order of ``models``."""
+    out: list[TrainOutcome | None] = [None] * len(models)
+    for fleet in plan_fleets(X, models, config, max_bytes=max_bytes):
+        res = train_fleet(X, [models[i] for i in fleet], config)
+        for i, r in zip(fleet, res, strict=True):
+            out[i] = r
+        if progress is not None:
+            progress(len(fleet))
+    return out  # type: ignore[return-value]
+
+
+def _fused_adam_available(dev: torch.device, dt: torch.dtype) -> bool:
+    if not hasattr(torch, "_fused_adam_"):
+        return False
+    try:
+        p = [torch.zeros(2, device=dev, dtype=dt)]
+        g = [torch.ones(2, device=dev, dtype=dt)]
+        m = [torch.zeros(2, device=dev, dtype=dt)]
+        v = [torch.zeros(2, device=dev, dtype=dt)]
+        s = [torch.ones((), device=dev, dtype=torch.float32)]
+        torch._fused_adam_(
+            p, g, m, v, [], s, amsgrad=False, lr=1e-3, beta1=_BETA1, beta2=_BETA2,
+            weight_decay=0.0, eps=_EPS, maximize=False, grad_scale=None, found_inf=None,
+        )  # fmt: skip
+        return bool(torch.allclose(p[0], torch.full_like(p[0], -1e-3), rtol=1e-4))
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+class _Trainer:
+    """One fleet's state and loop (see the module docstring)."""
+
+    def __init__(self, X: sp.csr_matrix, models: Sequence[PreparedModel], config: TrainConfig):
+        self.cfg = config
+        self.dev = resolve_device(config.device)
+        self.dt = config.torch_dtype
+        self.models = list(models)
+        M = len(models)
+        nf = X.shape[1]
+        hid = config.hidden
+        self.T = T = max(m.n_heads for m in models)
+        all_rows = config.weight_decay > 0
+        bits = [_trainable_bits(X, m.train_compounds, all_rows) for m in models]
+        self.R = R = max(len(b) for b in bits)
+        dt, dev = self.dt, self.dev
+
+        # ---- parameters, compact first layer, frozen sums of val/test compounds
+        shapes = [(R, hid[0]), (hid[0],)]
+        for a, b in zip(hid[:-1], hid[1:], strict=True):
+            shapes += [(a, b), (b,)]
+        shapes += [(hid[-1], T), (T,)]
+        params = [torch.zeros((M, *s), dtype=dt, device=dev) for s in shapes]
+        frozen_val, frozen_test = [], []
+        tr_rows, va_rows, te_rows = [], [], []
+        for j, (m, b) in enumerate(zip(models, bits, strict=True)):
+            w = init_weights(nf, m.n_heads, hid, m.init_seed)
+            params[0][j, : len(b)] = w[0][torch.from_numpy(b)]
+            for i in range(1, len(shapes) - 2):
+                params[i][j] = w[i]
+            params[-2][j, :, : m.n_heads] = w[-2]
+            params[-1][j, : m.n_heads] = w[-1]
+            lut = np.full(nf, -1, dtype=np.int64)
+            lut[b] = np.arange(len(b))
+            w0 = w[0].double().numpy()
+            for comps, fz, rows in (
+                (m.train_compounds, None, tr_rows),
+                (m.val_compounds, frozen_val, va_rows),
+                (m.test_compounds, frozen_test, te_rows),
+            ):
+                sub = sp.csr_matrix(X[comps])
+                c = lut[sub.indices]
+                keep = c >= 0
+                kept = np.diff(_ptr(keep, sub.indptr))
+                rows.append((c[keep], kept))
+                if fz is not None:
+                    if (~keep).any():
+                        froz = sp.csr_matrix(
+                            (sub.data[~keep], sub.indices[~keep], _ptr(~keep, sub.indptr)),
+                            shape=sub.shape,
+                        )
+                        fz.append(np.asarray(froz @ w0))
+                    else:
+                        fz.append(np.zeros((len(comps), hid[0])))
+        self.params = params
+        self.best = [p.clone() for p in self.params]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = torch.zeros((len(shapes), M), dtype=torch.float32, device=dev)
+        self.fused = _fused_adam_available(dev, dt)
+        self._gbuf = torch.empty((M * R, hid[0]), dtype=dt, device=dev)
+        self._static: tuple | None = None
+
+        self.tr = _stack_csr(tr_rows)
+        self.va = _stack_csr(va_rows)
+        self.te = _stack_csr(te_rows)
+        n_tr = np.array([len(m.train_compounds) for m in models])
+        n_va = np.array([len(m.val_compounds) for m in models])
+        n_te = np.array([len(m.test_compounds) for m in models])
+        self.tr_start = np.concatenate([[0], np.cumsum(n_tr)])[:-1]
+        self.va_start = np.concatenate([[0], np.cumsum(n_va)])[:-1]
+        self.te_start = np.concatenate([[0], np.cumsum(n_te)])[:-1]
+        self.n_tr, self.n_va, self.n_te = n_tr, n_va, n_te
+
+        def lab(ys: list[np.ndarray]) -> torch.Tensor:
+            # one extra all-zero row at the end: padding row id -1 picks it
+            padded = [np.pad(y, ((0, 0), (0, T - y.shape[1]))) for y in ys]
+            return torch.as_tensor(
+                np.concatenate([*padded, np.zeros((1, T))]), dtype=dt, device=dev
+            )
+
+        self.tr_y = lab([m.train_y for m in models])
+        self.tr_m = lab([m.train_mask for m in models])
+        self.va_y = lab([m.val_y for m in models])
+        self.va_m = lab([m.val_mask for m in models])
+        self.frozen_val = torch.as_tensor(
+            np.concatenate([*frozen_val, np.zeros((1, hid[0]))]), dtype=dt, device=dev
+        )
+        self.frozen_test = torch.as_tensor(
+            np.concatenate([*frozen_test, np.zeros((1, hid[0]))]), dtype=dt, device=dev
+        )
+        self.drop_gen = [torch.Generator().manual_seed(m.dropout_seed) for m in models]
+        self.order_rng = [batch_order(m.order_seed, len(m.train_compounds)) for m in models]
+
+    # ------------------------------------------------------------------ forward
+    def _first(
+        self, w1: torch.Tensor, flat_idx: torch.Tensor, offsets: torch.Tensor, k: int, b: int
+    ) -> torch.Tensor:
+        """First layer without bias, ``(k, b, H0)``: per bag, the sum of its bits' rows."""
+        return F.embedding_bag(flat_idx, w1.reshape(k * self.R, -1), offsets, mode="sum").view(
+            k, b, -1
+        )
+
+    def _forward(
+        self,
+        ps: Sequence[torch.Tensor],
+        flat_idx: np.ndarray,
+        offsets: np.ndarray,
+        k: int,
+        b: int,
+        extra: torch.Tensor | None = None,
+        masks: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(k, b, T)`` of the first ``k`` models in ``ps`` on a padded block of bags."""
+        fi = torch.from_numpy(flat_idx).to(self.dev)
+        of = torch.from_numpy(offsets).to(self.dev)
+        return self._rest(self._first(ps[0], fi, of, k, b), ps, extra, masks)
+
+    def _rest(
+        self,
+        h0: torch.Tensor,
+        ps: Sequence[torch.Tensor],
+        extra: torch.Tensor | None = None,
+        masks: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """From first-layer sums ``(k, b, H0)`` to logits ``(k, b, T)`` (``ps[0]`` unused)."""
+        h = h0 + ps[1].unsqueeze(1)
+        if extra is not None:
+            h = h + extra
+        h = F.relu(h)
+        if masks is not None:
+            h = h * masks[0]
+        n_mid = (len(ps) - 4) // 2
+        for i in range(n_mid):
+            h = F.relu(torch.baddbmm(ps[3 + 2 * i].unsqueeze(1), h, ps[2 + 2 * i]))
+            if masks is not None:
+                h = h * masks[1 + i]
+        return torch.baddbmm(ps[-1].unsqueeze(1), h, ps[-2])
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Per-model loss ``(k,)``: sum over heads of the mean BCE over labelled pairs."""
+        el = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * m
+        return (el.sum(1) / m.sum(1).clamp_min(1)).sum(1)
+
+    def _dropout_masks(self, pos: np.ndarray, sizes: np.ndarray, b: int) -> list[torch.Tensor]:
+        p = self.cfg.dropout
+        out = []
+        for width in self.cfg.hidden:
+            u = torch.ones((len(pos), b, width), dtype=self.dt)
+            for j, (mi, nb) in enumerate(zip(pos, sizes, strict=True)):
+                if nb:
+                    u[j, :nb].uniform_(generator=self.drop_gen[mi])
+            out.append(((u >= p).to(self.dt) / (1 - p)).to(self.dev))
+        return out
+
+    # ------------------------------------------------------------------ optimizer
+    def _adam(self, k: int, grads: Sequence[torch.Tensor]) -> None:
+        cfg = self.cfg
+        self.steps[:, :k] += 1
+        if self.fused:
+            ps, gs, ms, vs, ss = [], [], [], [], []
+            for i, g in enumerate(grads):
+                for j in range(k):
+                    ps.append(self.params[i][j])
+                    gs.append(g[j])
+                    ms.append(self.exp_avg[i][j])
+                    vs.append(self.exp_avg_sq[i][j])
+                    ss.append(self.steps[i, j])
+            torch._fused_adam_(
+                ps, gs, ms, vs, [], ss, amsgrad=False, lr=cfg.lr, beta1=_BETA1, beta2=_BETA2,
+                weight_decay=cfg.weight_decay, eps=_EPS, maximize=False, grad_scale=None,
+                found_inf=None,
+            )  # fmt: skip
+            return
+        with torch.no_grad():
+            for i, g in enumerate(grads):
+                p, m, v = self.params[i][:k], self.exp_avg[i][:k], self.exp_avg_sq[i][:k]
+                if cfg.weight_decay:
+                    g = g.add(p, alpha=cfg.weight_decay)
+                step = self.steps[i, :k].to(self.dt)
+                shape = (k,) + (1,) * (p.dim() - 1)
+                bc1 = (1 - _BETA1**step).view(shape)
+                bc2s = (1 - _BETA2**step).sqrt().view(shape)
+                m.mul_(_BETA1).add_(g, alpha=1 - _BETA1)
+                v.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
+                denom = (v.sqrt() / bc2s).add_(_EPS)
+                p.sub_(m / denom * (cfg.lr / bc1))
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> list[TrainOutcome]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        M = len(self.models)
+        bs = cfg.batch_size
+        nb = np.array([m.n_batches(bs) for m in self.models])
+        if np.any(np.diff(nb) > 0):
+            raise ValueError("models of a fleet must be sorted by batches per epoch, descending")
+        active = np.arange(M)  # active position j holds model active[j]
+        best_loss = np.full(M, np.inf)
+        best_epoch = np.zeros(M, dtype=np.int64)
+        epochs = np.zeros(M, dtype=np.int64)
+        model_steps = np.zeros(M, dtype=np.int64)
+        losses: list[list[float]] = [[] for _ in range(M)]
+        for epoch in range(1, cfg.max_epochs + 1):
+            if len(active) == 0:
+                break
+            k_all = len(active)
+            nb_a = nb[active]
+            if nb_a.max() == 1:
+                st = self._full_batch(active)
+                self._step(None, active, st[4], st[5], static=st)
+                model_steps[active] += 1
+                nb_a = nb_a[:0]
+            # per-epoch permuted training rows, padded to the widest model
+            width = int(nb_a.max(initial=0)) * bs
+            rows = np.full((k_all, width), -1, dtype=np.int64)
+            for j, mi in enumerate(active[: len(nb_a)]):
+                # one batch holds the whole set: its order does not change the gradient, and
+                # natural order keeps the model's numbers the same on the full-batch fast path
+                n_mi = self.n_tr[mi]
+                perm = np.arange(n_mi) if nb[mi] == 1 else self.order_rng[mi].permutation(n_mi)
+                rows[j, : len(perm)] = self.tr_start[mi] + perm
+            for s in range(int(nb_a.max(initial=0))):
+                k = int((nb_a > s).sum())
+                blk = rows[:k, s * bs : (s + 1) * bs]
+                sizes = (blk >= 0).sum(1)
+                b = int(sizes.max())
+                blk = blk[:, :b]
+                self._step(blk, active[:k], sizes, b)
+                model_steps[active[:k]] += 1
+            epochs[active] = epoch
+            vl = self._val_losses(active)
+            stop = np.zeros(len(active), dtype=bool)
+            improved = []
+            for j, mi in enumerate(active):
+                v = vl[j] if self.n_va[mi] else -float(epoch)
+                losses[mi].append(float(v))
+                if v < best_loss[mi]:
+                    best_loss[mi], best_epoch[mi] = v, epoch
+                    improved.append(j)
+                elif epoch - best_epoch[mi] >= cfg.patience:
+                    stop[j] = True
+            with torch.no_grad():
+                for j in improved:  # slice copies run at memcpy speed, unlike index_select
+                    for p, bst in zip(self.params, self.best, strict=True):
+                        bst[active[j]].copy_(p[j])
+            if stop.any():
+                keep = np.flatnonzero(~stop)
+                self._compact(keep)
+                active = active[keep]
+        wall = time.perf_counter() - t0
+        scores = self._test_scores()
+        share = model_steps / max(1, model_steps.sum())
+        return [
+            TrainOutcome(
+                test_scores=scores[i],
+                epochs=int(epochs[i]),
+                best_epoch=int(best_epoch[i]),
+                seconds=float(wall * share[i]),
+                val_losses=losses[i],
+            )
+            for i in range(M)
+        ]
+
+    @torch.no_grad()
+    def _compact(self, keep: np.ndarray) -> None:
+        """Drop stopped models in place: position j takes position keep[j] (keep increasing)."""
+        for lst in (self.params, self.exp_avg, self.exp_avg_sq):
+            for i, p in enumerate(lst):
+                for j, src in enumerate(keep):
+                    if src != j:  # src > j, never overwritten before it is read
+                        p[j].copy_(p[src])
+                lst[i] = p[: len(keep)]
+        self.steps = self.steps[:, torch.as_tensor(keep, device=self.dev)]
+        self._static = None
+
+    def _full_batch(self, active: np.ndarray) -> tuple:
+        """Static inputs when every active model takes one batch per epoch (its whole set).
+
+        The batch is then the same set every epoch; its order does not change the loss (a sum),
+        so it is kept in natural order and the first layer's gradient is one sparse-dense
+        product with the transposed bag matrix, built once (torch's embedding_bag backward
+        sorts the indices every step, several times slower).
+        """
+        if self._static is None:
+            k = len(active)
+            n = self.n_tr[active]
+            b = int(n.max())
+            rows = self._padded_rows(active, self.tr_start, self.n_tr, 0, b)
+            flat_idx, offsets = self.tr.bags(rows, self.R)
+            fi = torch.from_numpy(flat_idx).to(self.dev)
+            of = torch.from_numpy(offsets).to(self.dev)
+            crow = torch.cat([of, torch.tensor([len(flat_idx)], device=self.dev)])
+            vals = torch.ones(len(flat_idx), dtype=self.dt, device=self.dev)
+            xt = torch.sparse_csr_tensor(crow, fi, vals, size=(k * b, k * self.R))
+            xt = xt.t().to_sparse_csr()  # (k*R, k*b)
+            self._static = (rows, fi, of, xt, n, b)
+        return self._static
+
+    def _step(
+        self,
+        blk: np.ndarray | None,
+        ids: np.ndarray,
+        sizes: np.ndarray,
+        b: int,
+        static: tuple | None = None,
+    ) -> None:
+        k = len(ids)
+        rest = [p[:k].detach().requires_grad_() for p in self.params[1:]]
+        w1 = self.params[0][:k]
+        if static is not None:
+            blk, fi, of, xt, _, _ = static
+            with torch.no_grad():
+                h0 = self._first(w1, fi, of, k, b)
+            leaves = [h0.requires_grad_(), *rest]
+        else:
+            flat_idx, offsets = self.tr.bags(blk, self.R)
+            fi = torch.from_numpy(flat_idx).to(self.dev)
+            of = torch.from_numpy(offsets).to(self.dev)
+            w1 = w1.detach().requires_grad_()
+            h0 = self._first(w1, fi, of, k, b)
+            leaves = [w1, *rest]
+        masks = self._dropout_masks(ids, sizes, b) if self.cfg.dropout > 0 else None
+        logits = self._rest(h0, [w1, *rest], masks=masks)
+        sel = torch.from_numpy(blk.ravel()).to(self.dev)
+        y = self.tr_y[sel].view(k, b, -1)
+        m = self.tr_m[sel].view(k, b, -1)
+        loss = self._loss(logits, y, m).sum()
+        grads = list(torch.autograd.grad(loss, leaves))
+        if static is not None:
+            g1 = self._gbuf[: k * self.R]
+            torch.addmm(g1, xt, grads[0].reshape(k * b, -1), beta=0, out=g1)
+            grads[0] = g1.view(k, self.R, -1)
+        self._adam(k, grads)
+
+    def _padded_rows(
+        self, ids: np.ndarray, start: np.ndarray, n: np.ndarray, lo: int, hi: int
+    ) -> np.ndarray:
+        """(k, hi - lo) row ids of compounds lo..hi of each model, -1 where a model has fewer."""
+        rows = np.full((len(ids), hi - lo), -1, dtype=np.int64)
+        for j, mi in enumerate(ids):
+            c = max(0, min(n[mi], hi) - lo)
+            rows[j, :c] = start[mi] + lo + np.arange(c)
+        return rows
+
+    @torch.no_grad()
+    def _val_losses(self, active: np.ndarray) -> np.ndarray:
+        k = len(active)
+        out = np.zeros(k)
+        vmax = int(self.n_va[active].max()) if k else 0
+        if vmax == 0:
+            return out
+        chunk = max(1, 2_000_000 // max(1, vmax * self.cfg.hidden[0]))
+        for a in range(0, k, chunk):
+            ids = active[a : a + chunk]
+            rows = self._padded_rows(ids, self.va_start, self.n_va, 0, vmax)
+            ps = [p[a : a + len(ids)] for p in self.params]
+            logits = self._eval_block(ps, self.va, rows, self.frozen_val)
+            sel = torch.from_numpy(rows.ravel()).to(self.dev)
+            y = self.va_y[sel].view(len(ids), vmax, -1)
+            m = self.va_m[sel].view(len(ids), vmax, -1)
+            out[a : a + len(ids)] = self._loss(logits, y, m).double().cpu().numpy()
+        return out
+
+    def _eval_block(
+        self, ps: Sequence[torch.Tensor], csr: _Csr, rows: np.ndarray, frozen: torch.Tensor
+    ) -> torch.Tensor:
+        k, b = rows.shape
+        flat_idx, offsets = csr.bags(rows, self.R)
+        sel = torch.from_numpy(rows.ravel()).to(self.dev)
+        extra = frozen[sel].view(k, b, -1)
+        return self._forward(ps, flat_idx, offsets, k, b, extra=extra)
+
+    @torch.no_grad()
+    def _test_scores(self) -> list[np.ndarray]:
+        M = len(self.models)
+        out: list[np.ndarray] = []
+        tmax = int(self.n_te.max()) if M else 0
+        ids_all = np.arange(M)
+        if tmax == 0:
+            return [np.zeros((0, m.n_heads)) for m in self.models]
+        chunk = max(1, 2_000_000 // max(1, tmax * self.cfg.hidden[0]))
+        for a in range(0, M, chunk):
+            ids = ids_all[a : a + chunk]
+            rows = self._padded_rows(ids, self.te_start, self.n_te, 0, tmax)
+            ps = [p[a : a + len(ids)] for p in self.best]
+            logits = self._eval_block(ps, self.te, rows, self.frozen_test)
+            logits = logits.double().cpu().numpy()
+            for j, mi in enumerate(ids):
+                out.append(logits[j, : self.n_te[mi], : self.models[mi].n_heads])
+        return out
+
+
+def _ptr(keep: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """indptr of a CSR after dropping the entries where ``keep`` is False."""
+    c = np.concatenate([[0], np.cumsum(keep)])
+    return c[indptr]
+
+
+def _stack_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> _Csr:
+    cidx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    counts = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    rowptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=rowptr[1:])
+    return _Csr(rowptr=rowptr, cidx=cidx.astype(np.int64))
+
+
+def train_fleet(
+    X: sp.csr_matrix, models: Sequence[PreparedModel], config: TrainConfig
+) -> list[TrainOutcome]:
+    """Train one fleet of prepared models together; outcomes in the order of ``models``."""
+    nb = np.array([m.n_batches(config.batch_size) for m in models])
+    order = np.argsort(-nb, kind="stable")  # most batches first: active models form a prefix
+    res = _Trainer(X, [models[i] for i in order], config).run()
+    out: list[TrainOutcome] = [None] * len(models)  # type: ignore[list-item]
+    for j, i in enumerate(order):
+        out[i] = res[j]
+    return out
