@@ -47,6 +47,8 @@ class RunSummary:
     failures: list[tuple[str, str | None, str]] = field(default_factory=list)
     seconds: float = 0.0
     design_skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: Job ids of every spec of the design (done now or before), to select its rows in a store.
+    job_ids: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
@@ -183,7 +185,10 @@ def run_design(
     done_ids = store.done_job_ids(include_failed=not retry_failed)
     todo = [s for s in specs if s.key["job_id"] not in done_ids]
     summary = RunSummary(
-        total=len(specs), skipped=len(specs) - len(todo), design_skipped=design_skipped
+        total=len(specs),
+        skipped=len(specs) - len(todo),
+        design_skipped=design_skipped,
+        job_ids=[s.key["job_id"] for s in specs],
     )
     seen: set[str] = set()
     dup = [s.key["job_id"] for s in todo if s.key["job_id"] in seen or seen.add(s.key["job_id"])]
@@ -485,15 +490,50 @@ def mean_over_tasks(
     return g.agg(mean="mean", std="std", n_tasks="size").reset_index()
 
 
+def task_averaged_curves(
+    df: pd.DataFrame,
+    *,
+    metric: str = "roc_auc",
+    x: str = "n_task",
+    by: Sequence[str] = ("split", "regime"),
+    tasks: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Curves averaged over tasks, with the spread over folds.
+
+    For each fold, the mean over tasks at each size (only tasks with a value at that size in
+    that fold); then mean, std (ddof=1) and sem of those fold means. ``tasks`` restricts the
+    average to a common task set (so that two curves compare the same tasks). Returns ``by``,
+    ``x``, ``mean``, ``std``, ``sem``, ``n_folds``, ``n_tasks`` (mean tasks per fold).
+    """
+    d = df[(df["status"] == "ok") & (df["metric"] == metric) & df["value"].notna()]
+    if tasks is not None:
+        d = d[d["task"].isin(list(tasks))]
+    keys = [*by, x]
+    per_task = d.groupby([*keys, "fold", "task"], dropna=False, as_index=False)["value"].mean()
+    per_fold = per_task.groupby([*keys, "fold"], dropna=False, as_index=False).agg(
+        value=("value", "mean"), n_tasks=("value", "size")
+    )
+    out = per_fold.groupby(keys, dropna=False).agg(
+        mean=("value", "mean"),
+        std=("value", "std"),
+        n_folds=("value", "size"),
+        n_tasks=("n_tasks", "mean"),
+    )
+    out["sem"] = out["std"] / np.sqrt(out["n_folds"])
+    cols = [*keys, "mean", "std", "sem", "n_folds", "n_tasks"]
+    return out.reset_index()[cols].sort_values(keys).reset_index(drop=True)
+
+
 # ---------------------------------------------------------------------- smoke / full studies
 
 #: The small study the chapters run in the smoke profile (about 2 minutes on 2 cores).
 SMOKE: dict[str, Any] = {
     "dataset": "kiba",
-    "tasks": 10,
+    "tasks": 8,
     "n_folds": 5,
     "fold_subset": (0, 1, 2),
     "max_size": 256,
+    "ratio": 2.0,
     "splits": ("compound", "scaffold"),
     "regimes": ("stl", "mtl"),
     "config": {"max_epochs": 10, "patience": 3},
@@ -532,9 +572,10 @@ def smoke_study(
     store = ResultsStore(store or cache_dir() / "smoke_learning_curves")
     cfg = TrainConfig(**p["config"])
     ds = load_dataset(dataset or p["dataset"])
+    job_ids: set[str] = set()
     for split in p["splits"]:
         for regime in p["regimes"]:
-            run_study(
+            summary = run_study(
                 ds,
                 regime=regime,
                 store=store,
@@ -544,9 +585,13 @@ def smoke_study(
                 fold_subset=p["fold_subset"],
                 tasks=p["tasks"],
                 max_size=p["max_size"],
+                ratio=p["ratio"],
                 progress=progress,
             )
-    return store.read()
+            job_ids.update(summary.job_ids)
+    # The cache may hold other studies (other parameters): return this design's rows only.
+    df = store.read()
+    return df[df["job_id"].isin(job_ids)].reset_index(drop=True)
 
 
 FULL_RESULTS = Path("results") / "learning_curves"
@@ -574,6 +619,7 @@ __all__ = [
     "learning_curves",
     "curve_matrix",
     "mean_over_tasks",
+    "task_averaged_curves",
     "smoke_study",
     "full_results",
     "select_tasks",
