@@ -269,7 +269,7 @@ def featurize(
     canon = res["canonical"].astype(object)
     # representative of each structure: the smallest compound id (ids are sorted already)
     good = np.flatnonzero(ok)
-    first = pd.Series(ids[good]).groupby(canon[good], sort=False).transform("first").to_numpy()
+    first = pd.Series(ids[good]).groupby(canon[good], sort=False).transform("min").to_numpy()
     rep = np.array(ids, dtype=object)
     rep[good] = first
     moved = first != ids[good]
