@@ -145,7 +145,8 @@ def glue_book(tmp_path_factory) -> Path:
             new_code_cell(
                 "import numpy as np\nfrom mtlc.report import glue\n"
                 "glue('n_tasks', np.int64(201))\nglue('auc', 0.87654, display=False)\n"
-                "glue('prof', profile)"
+                "glue('prof', profile)\nimport os, sys\nglue('exe', sys.executable)\n"
+                "glue('cwd', os.getcwd())"
             ),
             new_markdown_cell("In page: {glue:text}`n_tasks` tasks."),
         ],
@@ -178,7 +179,10 @@ def glue_book(tmp_path_factory) -> Path:
 
 def test_kernel_round_trip(glue_book):
     got = report.read_glue(glue_book / "executed" / "01_glue.ipynb")
+    exe, cwd = got.pop("exe"), got.pop("cwd")
     assert got == {"n_tasks": 201, "auc": 0.87654, "prof": "full"}  # papermill injected profile
+    assert Path(exe).parent == Path(sys.executable).parent  # the venv's python runs notebooks
+    assert Path(cwd) == glue_book  # kernel started in the requested working directory
     assert not (glue_book / "src" / "01_glue.ipynb").read_text().count("injected-parameters")
 
 
