@@ -166,12 +166,13 @@ def kiba(
     raw = _read_matrix()
     raw["label"] = (raw["value"] <= threshold).astype(np.int8)
     full, dropped_full = _apply_recipe(raw, recipe)
+    rule = RECIPES[recipe]
     info: dict[str, Any] = {
         "source": "Tang et al. 2014 KIBA matrix (timma kiba.rda), raw scores",
         "recipe": recipe,
         "recipe_rule": None
-        if RECIPES[recipe] is None
-        else "targets with >= {} measured, >= {} actives, >= {} inactives".format(*RECIPES[recipe]),
+        if rule is None
+        else "targets with >= {} measured, >= {} actives, >= {} inactives".format(*rule),
         "threshold": float(threshold),
         "direction": "less",
         "label_rule": f"active if raw KIBA score <= {threshold} (lower = more potent)",

@@ -116,7 +116,7 @@ def from_table(
         )
     t["compound_id"] = as_str_ids(t["compound_id"])
     t["task_id"] = as_str_ids(t["task_id"])
-    if use_value:
+    if use_value and threshold is not None:
         t["label"] = binarize(t["value"].to_numpy(), threshold, direction)
     else:
         t["label"] = t["label_raw"].astype(np.int8)
