@@ -13,6 +13,9 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PYTEST_ARGS ?= -n 2
 
 .PHONY: all venv executed html book test lab lint format clean distclean
+# Prerequisites are ordered steps (install, execute, build, test), never parallel ones,
+# even under `make -j`.
+.NOTPARALLEL:
 
 all: book
 
