@@ -288,16 +288,31 @@ def _exact_lookahead(
     src: torch.Tensor,
     lr: float,
     chunk: int,
+    path: str = "auto",
+    max_candidates: float = 0.02,
 ) -> np.ndarray:
     """Exact Z rows ``(len(src), K)`` for the source tasks ``src`` (see :func:`lookahead_fast`).
 
     Everything is propagated as a change relative to the unperturbed forward (``da``, ``dh``,
     ``dz``, loss change), which keeps float32 precise when ``lr`` is small.
+
+    Two exact evaluations of the logit change ``dz`` at the labelled pairs:
+
+    * ``"dense"``: every hidden layer's change materialized for every source, ``(C, B, H)``.
+    * ``"linear"``: layers below the last materialized as above; the last hidden layer is
+      written as its linear part (ReLU slopes of the unperturbed forward) plus corrections at
+      the units whose pre-activation changes sign. The linear part is a pair-space product
+      (``(P, P)`` matrices, cheap when labels are sparse); sign changes can only occur where
+      ``|a| <= max |da|``, which a cheap bound on ``|da|`` narrows to a few candidate units,
+      where the change is recomputed exactly. A chunk with more than ``max_candidates`` (a
+      fraction of its units) falls back to ``"dense"``.
+    ``"auto"`` picks ``"linear"`` when its pair-space products are the cheaper.
     """
     dtype, dev = z.dtype, z.device
     B, K = z.shape
     P = int(bp.numel())
     L = len(h_list)
+    S = int(src.numel())
     # Padded per-source pair lists (S, r_max); padding points at an extra all-zero pair P.
     n_long = n_t.long()
     counts = n_long[src]
@@ -311,53 +326,226 @@ def _exact_lookahead(
     # relu(a + da) - relu(a) = max(da, -a) + min(a, 0): exact (= da) while a stays positive.
     neg_a = [-a for a in a_list]
     a_min0 = [a.clamp(max=0) for a in a_list]
-    # Pairs grouped by row for the head: (B, t_max) task lists, padded with a zero head row.
+    # Pairs grouped by row: slot t of row b holds pair pair_of[b, t] (task order), pad -> P.
     per_row = torch.bincount(bp, minlength=B)
     t_max = max(int(per_row.max()), 1)
-    order = torch.argsort(bp * K + kp)
-    b_sorted, k_sorted = bp[order], kp[order]
+    order = torch.argsort(bp * K + kp)  # row-sorted position -> task-sorted pair index
+    b_sorted = bp[order]
     row_start = torch.cumsum(per_row, 0) - per_row
     slot = torch.arange(P, device=dev) - row_start[b_sorted]
+    pair_of = torch.full((B, t_max), P, dtype=torch.long, device=dev)
+    pair_of[b_sorted, slot] = order
+    inv_order = torch.argsort(order)
     Wh = model.head.weight
-    W_rows = torch.zeros(B, t_max, Wh.shape[1], dtype=dtype, device=dev)
-    W_rows[b_sorted, slot] = Wh[k_sorted]
-    Wt = W_rows.transpose(1, 2)  # (B, H_L, t_max)
-    # Per-pair loss pieces: bce(z + dz) - bce(z) = log1p(sigmoid(-s z) expm1(-s dz)), s = 2y - 1
-    sgn = (2 * y[b_sorted, k_sorted] - 1)[None]
-    sig_neg = torch.sigmoid(-sgn * z[b_sorted, k_sorted][None])
-    base = (F.binary_cross_entropy_with_logits(z, y, reduction="none") * (n_t > 0)).sum(0)
-    base_terms = torch.zeros(K, dtype=dtype, device=dev)
-    base_terms.index_add_(
-        0,
-        k_sorted,
-        F.binary_cross_entropy_with_logits(
-            z[b_sorted, k_sorted], y[b_sorted, k_sorted], reduction="none"
-        ),
-    )
-    del base
-    out = np.empty((int(src.numel()), K))
-    for c0 in range(0, int(src.numel()), chunk):
+    H_L = Wh.shape[1]
+
+    def by_rows(V: torch.Tensor) -> torch.Tensor:
+        """(P, H) per-pair vectors -> (B, H, t_max) row-grouped, zero padded."""
+        out = torch.zeros(B, t_max, V.shape[1], dtype=dtype, device=dev)
+        out[b_sorted, slot] = V[order]
+        return out.transpose(1, 2)
+
+    def rows_to_pairs(R: torch.Tensor) -> torch.Tensor:
+        """(B, C, t_max) row-grouped values -> (C, P) in task order."""
+        return R[b_sorted, :, slot].T[:, inv_order]
+
+    # Per-pair loss pieces (task order): bce(z+dz) - bce(z) = log1p(sig(-s z) expm1(-s dz))
+    yp, zp = y[bp, kp], z[bp, kp]
+    sgn = (2 * yp - 1)[None]
+    sig_neg = torch.sigmoid(-sgn * zp[None])
+    base = torch.zeros(K, dtype=dtype, device=dev)
+    base.index_add_(0, kp, F.binary_cross_entropy_with_logits(zp, yp, reduction="none"))
+    base = base.clamp_min(torch.finfo(dtype).tiny)
+
+    Wt = by_rows(Wh[kp])  # head rows per pair, for the dense path
+    last = L - 1
+    pos_last = (a_list[last] > 0).to(dtype)
+    H_below = h_list[last - 1].shape[1] if L > 1 else 0
+    if path == "auto":
+        if L == 1:  # small bmm + elementwise passes vs one (P, P, H) GEMM (about 4x faster)
+            linear = P * P < 4 * S * B * (r_max + 8)
+        else:  # the last layer's dense forward per source vs the pair-space products
+            linear = P * P * H_L + P * H_below * H_L < S * B * H_below * H_L
+        path = "linear" if linear else "dense"
+    if path not in ("linear", "dense"):
+        raise ConfigError(f"path must be 'auto', 'linear' or 'dense', got {path!r}")
+    if path == "linear":
+        V = Wh[kp] * pos_last[bp]  # (P, H_L): head row through the unperturbed ReLU slopes
+        # (P+1, P): VD_ext[q, p] = <V[p], delta_L[q]>, row P = 0 (padding)
+        VD_ext = torch.cat([deltas[last] @ V.T, V.new_zeros(1, P)], 0)
+        dmax = torch.cat([deltas[last].abs().amax(1), deltas[last].new_zeros(1)])  # (P+1,)
+        U, wmax = None, 0.0
+        if L > 1:
+            W_L = model.layers[last - 1].weight  # (H_L, H_{L-1})
+            U = by_rows(V @ W_L)  # (B, H_{L-1}, t_max)
+            wmax = float(W_L.norm(dim=1).max())
+        a_abs_sorted, a_abs_idx = a_list[last].abs().sort(dim=1)
+        kp_ext = torch.cat([kp, kp.new_zeros(1)])
+
+    out = np.empty((S, K))
+    n_full = L if path == "dense" else L - 1  # layers whose change is materialized
+    d1s = d_ext[0] * -lr  # first-layer signals pre-scaled by -lr (saves a pass per chunk)
+    if path == "linear" and L == 1:
+        # nothing of size (chunk, B, H) is formed: take all sources at once if memory allows
+        chunk = max(chunk, min(S, int(5e7 // max(1, r_max * (P + B)))))
+    # (B, B) Gram matrices of the hidden layers (+1: the bias), for the deeper lookahead terms
+    Hgs = [h @ h.T + 1.0 for h in h_list[:-1]]
+    if path == "linear" and L > 1:
+        hb = h_list[last - 1]
+        Hg = Hgs[last - 1]
+    # Reused buffers: fresh (chunk, B, H) tensors every chunk cost more in page faults than
+    # the arithmetic that fills them.
+    c_max = min(chunk, S)
+    buf_da = [torch.empty(c_max, B, h.shape[1], dtype=dtype, device=dev) for h in h_list[:n_full]]
+    buf_dh = [torch.empty_like(b) for b in buf_da]
+    for c0 in range(0, S, chunk):
         sl = slice(c0, c0 + chunk)
-        pi = pidx[sl]
-        # first layer: da1 = -lr (X X^T + 1)[:, R_i] delta_1[R_i]  (M1 is symmetric)
-        T = M1[rows_pad[sl]].transpose(1, 2)  # (C, B, r_max)
-        da = torch.bmm(T, d_ext[0][pi]).mul_(-lr)
-        dh = torch.maximum(da, neg_a[0]).add_(a_min0[0])
-        for li in range(1, L):
-            W = model.layers[li - 1].weight
-            h_new = h_list[li - 1] + dh
-            hp = h_list[li - 1][rows_pad[sl]]  # (C, r_max, H_{l-1})
-            T = torch.bmm(h_new, hp.transpose(1, 2)).add_(1.0)
-            da = (dh @ W.T).sub_(torch.bmm(T, d_ext[li][pi]), alpha=lr)
-            dh = torch.maximum(da, neg_a[li]).add_(a_min0[li])
-        # logit change at labelled pairs, row-grouped: (B, C, H) @ (B, H, t_max)
-        dz_rows = torch.bmm(dh.transpose(0, 1), Wt)  # (B, C, t_max)
-        dz = dz_rows[b_sorted, :, slot].T  # (C, P) in row-sorted pair order
+        pi, rp = pidx[sl], rows_pad[sl]
+        C = int(pi.shape[0])
+        dh: torch.Tensor | None = None
+        for li in range(n_full):
+            da, out_dh = buf_da[li][:C], buf_dh[li][:C]
+            if li == 0:
+                # first layer: da1 = -lr (X X^T + 1)[:, R_i] delta_1[R_i]  (M1 is symmetric)
+                torch.bmm(M1[rp].transpose(1, 2).contiguous(), d1s[pi], out=da)
+            else:
+                # h' (W - lr G_i)^T + b - lr g_i = h' W^T + b - lr (h' h[R_i]^T + 1) delta[R_i]
+                W = model.layers[li - 1].weight
+                hb_l = h_list[li - 1]
+                Tt_l = torch.baddbmm(Hgs[li - 1][rp], hb_l[rp], dh.transpose(1, 2))  # (C, r, B)
+                torch.matmul(dh, W.T, out=da)
+                da.baddbmm_(Tt_l.transpose(1, 2), d_ext[li][pi], alpha=-lr)
+            dh = torch.maximum(da, neg_a[li], out=out_dh).add_(a_min0[li])
+        if path == "dense":
+            dz = rows_to_pairs(torch.einsum("cbh,bht->bct", dh, Wt))  # (C, P)
+        else:
+            # coefficients of the last layer's lookahead term, (C, r_max, B) layout
+            if L == 1:
+                Tt = M1[rp]
+            else:
+                Tt = torch.baddbmm(Hg[rp], hb[rp], dh.transpose(1, 2))
+            dz = _linear_last_layer(
+                model,
+                a_list[last],
+                d_ext[last],
+                pidx=pi,
+                Tt=Tt,
+                dh=dh,
+                VD_ext=VD_ext,
+                dmax=dmax,
+                U=U,
+                wmax=wmax,
+                a_abs_sorted=a_abs_sorted,
+                a_abs_idx=a_abs_idx,
+                pair_of=pair_of,
+                kp_ext=kp_ext,
+                rows_to_pairs=rows_to_pairs,
+                lr=lr,
+                bp=bp,
+                max_candidates=max_candidates,
+            )
+            if dz is None:  # too many sign-change candidates: exact dense evaluation
+                out[sl] = _exact_lookahead(
+                    model,
+                    a_list,
+                    h_list,
+                    deltas,
+                    M1,
+                    z,
+                    y,
+                    n_t,
+                    bp,
+                    kp,
+                    src[sl],
+                    lr,
+                    chunk,
+                    path="dense",
+                )
+                continue
         dl = torch.log1p(sig_neg * torch.expm1(-sgn * dz))
-        dL = torch.zeros(dl.shape[0], K, dtype=dtype, device=dev).index_add_(1, k_sorted, dl)
+        dL = torch.zeros(C, K, dtype=dtype, device=dev).index_add_(1, kp, dl)
         # Z = 1 - L'/L = -(L' - L)/L, both per-task means over the same n_j pairs
-        out[sl] = (-dL / base_terms.clamp_min(torch.finfo(dtype).tiny)).double().cpu().numpy()
+        out[sl] = (-dL / base).double().cpu().numpy()
     return out
+
+
+def _linear_last_layer(
+    model: MultiTaskNet,
+    a_last: torch.Tensor,
+    d_last: torch.Tensor,
+    *,
+    pidx: torch.Tensor,
+    Tt: torch.Tensor,
+    dh: torch.Tensor | None,
+    VD_ext: torch.Tensor,
+    dmax: torch.Tensor,
+    U: torch.Tensor | None,
+    wmax: float,
+    a_abs_sorted: torch.Tensor,
+    a_abs_idx: torch.Tensor,
+    pair_of: torch.Tensor,
+    kp_ext: torch.Tensor,
+    rows_to_pairs: Any,
+    lr: float,
+    bp: torch.Tensor,
+    max_candidates: float,
+) -> torch.Tensor | None:
+    """Logit change ``(C, P)`` at the labelled pairs, last hidden layer linearized + corrected.
+
+    ``Tt``: ``(C, r_max, B)`` coefficients of the last layer's lookahead term
+    (``M1[:, R_i]`` for one layer, ``h'_{L-1} h_{L-1}[R_i]^T + 1`` otherwise); ``dh``: the
+    change of the layer below (None for one layer); ``d_last``: the last layer's per-pair
+    signals with a zero row appended (index P). Returns None when more than
+    ``max_candidates`` of the chunk's units could change sign.
+    """
+    dev = Tt.device
+    C, _, B = Tt.shape
+    P = VD_ext.shape[1]
+    H = a_last.shape[1]
+    Wh = model.head.weight
+    # linear part: V[p] . da_i[b_p] = dh_i[b_p] . U[p] - lr sum_q T_i[b_p, q] <V[p], delta[q]>
+    dz = (Tt[:, :, bp] * VD_ext[pidx]).sum(1).mul_(-lr)  # (C, P)
+    if dh is not None:
+        dz += rows_to_pairs(torch.einsum("cbh,bht->bct", dh, U))
+    # bound on max_h |da_i[b, h]| per (source, row); a unit can flip only if |a| <= bound
+    beta = lr * (Tt.abs() * dmax[pidx][:, :, None]).sum(1)  # (C, B)
+    if dh is not None:
+        beta += dh.norm(dim=2) * wmax
+    beta = beta * (1 + 1e-3) + 1e-30
+    n_cand = torch.searchsorted(a_abs_sorted, beta.T.contiguous(), right=True).T  # (C, B)
+    total = int(n_cand.sum())
+    if total > max_candidates * C * B * H:
+        return None
+    if total == 0:
+        return dz
+    flat = n_cand.reshape(-1)
+    owner = torch.repeat_interleave(torch.arange(C * B, device=dev), flat)
+    first = torch.cumsum(flat, 0) - flat
+    j = torch.arange(total, device=dev) - first[owner]
+    ci, b = owner // B, owner % B
+    h = a_abs_idx[b, j]
+    # exact pre-activation change at the candidate units
+    da = -lr * (Tt[ci, :, b] * d_last[pidx[ci], h[:, None]]).sum(-1)
+    if dh is not None:
+        da += (dh[ci, b, :] * model.layers[-1].weight[h]).sum(-1)
+    a = a_last[b, h]
+    moved = a + da
+    # true change minus linear part: only where the sign flips
+    corr = torch.where(
+        a > 0,
+        torch.where(moved <= 0, -moved, torch.zeros_like(a)),
+        torch.where(moved > 0, moved, torch.zeros_like(a)),
+    )
+    nz = corr != 0
+    if not bool(nz.any()):
+        return dz
+    ci, b, h, corr = ci[nz], b[nz], h[nz], corr[nz]
+    tgt = pair_of[b]  # (N, t_max) pairs at row b, pad = P
+    vals = Wh[kp_ext[tgt], h[:, None]] * corr[:, None]
+    vals = torch.where(tgt < P, vals, torch.zeros_like(vals))
+    dz_ext = torch.cat([dz, dz.new_zeros(C, 1)], 1)
+    dz_ext.index_put_((ci[:, None].expand_as(tgt), tgt), vals, accumulate=True)
+    return dz_ext[:, :P]
 
 
 def lookahead_fast(
@@ -370,7 +558,9 @@ def lookahead_fast(
     divide_by_lr: bool = False,
     exact: bool = True,
     gradients: bool = True,
-    chunk: int = 32,
+    chunk: int = 16,
+    path: str = "auto",
+    max_candidates: float = 0.02,
 ) -> ProbeResult:
     """All-source-task TAG lookahead in one batched pass (same numbers as the reference).
 
@@ -384,6 +574,10 @@ def lookahead_fast(
         (cost: one ``(P, P)`` Gram matrix per layer, ``P`` = labelled pairs in the batch).
     chunk: source tasks per vectorized block (bounds memory at about
         ``chunk * B * max(hidden)`` floats).
+    path: how the last hidden layer is evaluated: "dense", "linear" (linear part in pair space
+        plus exact corrections where a unit changes sign) or "auto" (the cheaper); all exact.
+    max_candidates: "linear" falls back to "dense" for a chunk when more than this fraction
+        of its units could change sign (large ``lr``).
 
     Cost: one forward, one backward restricted to the labelled pairs, and (``exact``) per source
     task one batched forward of the trunk's layers above the first plus a ``(B, r_i)`` matmul
@@ -435,7 +629,21 @@ def lookahead_fast(
             src = torch.nonzero(n_t > 0).flatten()
             if src.numel():
                 Z[src.cpu().numpy()] = _exact_lookahead(
-                    model, a_list, h_list, deltas, M1, z, y_t, n_t, bp, kp, src, lr, chunk
+                    model,
+                    a_list,
+                    h_list,
+                    deltas,
+                    M1,
+                    z,
+                    y_t,
+                    n_t,
+                    bp,
+                    kp,
+                    src,
+                    lr,
+                    chunk,
+                    path=path,
+                    max_candidates=max_candidates,
                 )
         loss = np.where(n > 0, loss_t.double().cpu().numpy(), np.nan)
     return _finish(Z, inner, loss, n, lr=lr, divide_by_lr=divide_by_lr)

@@ -7,13 +7,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtlc.affinity import gradient_affinity, lookahead_fast, lookahead_reference, tag_train
 from mtlc.datasets._core import MultiTaskDataset
 from mtlc.errors import ConfigError
-from mtlc.models import MultiTaskNet, SparseBatch
+from mtlc.models import MultiTaskNet, SparseBatch, masked_bce
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,6 +67,37 @@ def test_fast_equals_reference_float64(hidden):
     np.testing.assert_allclose(fast.loss, ref.loss, rtol=1e-12)
 
 
+@pytest.mark.parametrize("hidden", [(16,), (16, 12), (8, 8, 8)])
+@pytest.mark.parametrize("lr", [1e-3, 1.0])
+def test_linear_and_dense_paths_equal_reference(hidden, lr):
+    """Both exact evaluations of the last layer agree with the reference, including large steps
+    where many ReLU units change sign (the linear path's corrections) and the fallback."""
+    net, batch, y, m = _problem(hidden=hidden)
+    ref = lookahead_reference(net, batch, y, m, lr=lr)
+    for path, cap in [("dense", 0.02), ("linear", 1.0), ("linear", 0.0)]:
+        fast = lookahead_fast(net, batch, y, m, lr=lr, path=path, max_candidates=cap, chunk=3)
+        assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-9, (path, cap)
+
+
+def test_linear_path_corrects_sign_changes():
+    """At lr = 1 many first-layer units flip sign; the linear part alone would be wrong."""
+    net, batch, y, m = _problem(hidden=(16,))
+    lr = 1.0
+    net.eval()
+    yt, mt = torch.tensor(y), torch.tensor(m)
+    per = masked_bce(net(batch), yt, mt, per_task=True)
+    g = torch.autograd.grad(per[0], net.trunk_parameters())
+    a0 = net.embed(batch.indices, batch.offsets) + net.bias0
+    emb = F.embedding_bag(batch.indices, net.embed.weight - lr * g[0], batch.offsets, mode="sum")
+    a1 = emb + net.bias0 - lr * g[1]
+    assert int(((a0 > 0) != (a1 > 0)).sum()) > 10
+    ref = lookahead_reference(net, batch, y, m, lr=lr)
+    fast = lookahead_fast(net, batch, y, m, lr=lr, path="linear", max_candidates=1.0)
+    assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-9
+    with pytest.raises(ConfigError, match="path"):
+        lookahead_fast(net, batch, y, m, lr=lr, path="magic")
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -82,8 +114,10 @@ def test_fast_equals_reference_random_shapes(seed, depth, K, B, density, lr):
     )
     fast = lookahead_fast(net, batch, y, m, lr=lr, chunk=3)
     ref = lookahead_reference(net, batch, y, m, lr=lr)
+    lin = lookahead_fast(net, batch, y, m, lr=lr, chunk=2, path="linear", max_candidates=1.0)
     assert np.array_equal(np.isnan(fast.Z), np.isnan(ref.Z))
     if np.isfinite(ref.Z).any():
+        assert np.nanmax(np.abs(lin.Z - ref.Z)) < 1e-6
         assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-6
         scale = np.nanmax(np.abs(ref.inner))
         assert np.nanmax(np.abs(fast.inner - ref.inner)) <= 1e-9 * scale
