@@ -31,7 +31,11 @@ def test_exp3_fits(g):
 
 
 def test_extrapolation(g):
-    maes = {m: g[f"extrap_mae_{m}"] for m in ("exp3", "pow3", "wbl4")}
+    models = [m for m in g["extrap_models"].split(",") if m]
+    if not models:
+        pytest.skip("curves too short for the extrapolation comparison")
+    assert g["extrap_n_train"] >= 4
+    maes = {m: g[f"extrap_mae_{m}"] for m in models}
     assert all(0.0 <= v < 0.3 for v in maes.values()), maes
     assert g["best_extrapolation"] == min(maes, key=maes.get)
     if g["source"] == "synthetic":
