@@ -1,0 +1,717 @@
+"""Efficient approximations of multi-task learning curves (MTLCs), and their fidelity and cost.
+
+METHOD.md section 6 is this project's interpretation (the paper's text for this part is not
+available). Three ways to get learning curves, all on the same nested subsamples
+(:class:`mtlc.designs.FoldPools`: a task at size n uses the same training pairs everywhere):
+
+* :func:`exact_curves` - the reference: one network trained **from scratch** per point
+  (``stl``: per task and size; ``mtl``: per all-task cap level), through
+  :func:`mtlc.training.train_models`.
+* :func:`incremental_curves` - **one run per curve**: a network keeps training (warm start:
+  same weights, same Adam state) while its training data grow stage by stage along the nested
+  grid; the test fold is scored after every stage. ``mode="stl"``: one single-head network per
+  task; ``mode="mtl"``: one all-task network whose tasks all grow together (each capped at its
+  available data), so one run gives every task's all-task curve.
+* :func:`random_design_runs` + :func:`random_design_fit` - all-task networks whose per-task sizes
+  are drawn at random (``mtlc.designs.random_design``); each run gives one point
+  ``(n_i, n_j for every j)`` for every task at once. Regressing each task's multi-partner curve
+  ``P_i = c - exp(b - a n_i - sum_j a_ij n_j)`` across runs (ridge on the transfer
+  coefficients) estimates every directed a_ij (and with ``model="exp3.2"`` the contextual
+  a_iS), with bootstrap intervals over runs.
+
+Cost is counted the same way for every method (and for TAG, see :mod:`mtlc.affinity`):
+``wall_seconds``, ``networks`` (trained from scratch), ``forward`` and ``backward`` passes in
+single-minibatch network equivalents (one minibatch through one network; inner-validation and
+test forwards included). For :func:`exact_curves` the passes are counted from each model's
+epochs and compound counts (the fleet trains several models per tensor op, so this is the
+arithmetic done, not the number of kernel launches).
+
+Conventions: pairwise matrices are ``[source, target]`` (``M[j, i]`` = effect of task j's data on
+task i), the convention of TAG's ``Z[i -> j]`` in :class:`mtlc.affinity.TagResult`; the curve
+coefficient ``a_ij`` of METHOD.md (target i, partner j) sits at ``M[j, i]``.
+
+Helpers for the comparison chapter: :func:`tag_pair_test` (a test for TAG affinities across
+epochs or seeds), :func:`detection_rates`, :func:`pair_ranking_auc`, :func:`rank_agreement`,
+:func:`curve_fidelity`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from scipy import stats as sps
+
+from mtlc.datasets._core import MultiTaskDataset
+from mtlc.designs import DesignContext, FoldPools, geometric_grid
+from mtlc.errors import ConfigError, InputTableError
+
+__all__ = [
+    "CurveRun",
+    "exact_curves",
+    "incremental_curves",
+    "random_design_runs",
+    "random_design_fit",
+    "pair_matrix",
+    "curve_fidelity",
+    "tag_pair_test",
+    "detection_rates",
+    "pair_ranking_auc",
+    "rank_agreement",
+    "cost_row",
+]
+
+#: Columns of every curve table returned here.
+CURVE_COLUMNS = ["method", "fold", "task", "n_task", "n_context", "value", "note"]
+
+
+@dataclass
+class CurveRun:
+    """Curves (or random-design points) from one method, with what they cost.
+
+    table: long rows ``method, fold, task, n_task, n_context, value (test ROC-AUC), note``
+        (+ ``run`` for random designs, ``stage`` for incremental runs); NaN values keep their
+        ``note`` (e.g. a test fold without actives), never dropped.
+    sizes: random design only: ``(n_rows, n_tasks)`` DataFrame, the size vector of the network
+        behind each table row (columns = task ids), aligned with ``table``.
+    cost: ``wall_seconds``, ``networks``, ``forward``, ``backward`` (see module docstring).
+    info: bookkeeping (skipped design points, settings).
+    """
+
+    table: pd.DataFrame
+    cost: dict[str, float]
+    sizes: pd.DataFrame | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def cost_row(method: str, cost: dict[str, float]) -> dict[str, Any]:
+    """One row of a cost comparison table: ``method`` plus the four cost fields."""
+    return {
+        "method": method,
+        **{
+            k: float(cost.get(k, np.nan))
+            for k in ("wall_seconds", "networks", "forward", "backward")
+        },
+    }
+
+
+def _task_list(ds: MultiTaskDataset, tasks: Sequence[str | int] | None) -> list[int]:
+    if tasks is None:
+        return list(range(ds.n_tasks))
+    out = []
+    for t in tasks:
+        try:
+            out.append(ds.task_index(t))
+        except (KeyError, IndexError):
+            raise ConfigError(f"unknown task {t!r} for data set {ds.name!r}") from None
+    return out
+
+
+def _config(config: Any) -> Any:
+    from mtlc.training import TrainConfig
+
+    return TrainConfig() if config is None else config
+
+
+def _passes(n_train: int, n_val: int, n_test: int, epochs: int, batch: int) -> tuple[int, int]:
+    """(forward, backward) minibatch passes of one network trained ``epochs`` epochs."""
+    steps = epochs * max(1, math.ceil(n_train / batch))
+    val = epochs * math.ceil(n_val / batch)
+    test = math.ceil(n_test / batch) if n_test else 0
+    return steps + val + test, steps
+
+
+# ----------------------------------------------------------------------------- exact curves
+def exact_curves(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    *,
+    regime: str = "stl",
+    test_folds: Sequence[int] = (0,),
+    tasks: Sequence[str | int] | None = None,
+    config: Any = None,
+    max_size: int | None = None,
+    sizes: str | Sequence[int] = "auto",
+    seed: int = 0,
+) -> CurveRun:
+    """Reference curves: every point trained from scratch (``regime`` ``"stl"`` or ``"mtl"``).
+
+    ``folds``: fold id per compound (``mtlc.splits.kfold``); ``test_folds``: which folds are test
+    folds (one curve per fold); ``tasks``: task subset (ids or indices; the ``mtl`` networks
+    train on exactly these tasks); ``max_size``: cap of the size grid (samples).
+    Returns a :class:`CurveRun` whose ``value`` is the test ROC-AUC.
+    """
+    from mtlc.designs import mtl, stl
+    from mtlc.training import train_models
+
+    if regime not in ("stl", "mtl"):
+        raise ConfigError(f"exact_curves: regime must be 'stl' or 'mtl', got {regime!r}")
+    cfg = _config(config)
+    ts = _task_list(ds, tasks)
+    ctx = DesignContext(dataset=ds.name, config_hash=cfg.hash())
+    t0 = time.perf_counter()
+    specs, skipped = [], []
+    for f in test_folds:
+        pools = FoldPools(ds, folds, int(f), int(seed))
+        if regime == "stl":
+            d = stl(pools, ctx, targets=ts, sizes=sizes, max_size=max_size)
+        else:
+            d = mtl(pools, ctx, tasks=ts, sizes=sizes, max_size=max_size)
+        specs += d.specs
+        skipped += d.skipped
+    res = train_models(ds, specs, cfg)
+    wall = time.perf_counter() - t0
+    fwd = bwd = 0
+    epochs = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
+    for s in specs:
+        n_c = len(np.unique(s.train_rows))
+        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
+        f_, b_ = _passes(
+            n_c - n_val, n_val, len(s.test_compounds), int(epochs[s.key["job_id"]]), cfg.batch_size
+        )
+        fwd += f_
+        bwd += b_
+    res = res[res["metric"] == "roc_auc"].copy()
+    sizes_by_job = {s.key["job_id"]: json.loads(s.key["task_sizes"]) for s in specs}
+    n_task, n_ctx = [], []
+    for job, task in zip(res["job_id"], res["task"], strict=True):
+        sz = sizes_by_job[job]
+        n = int(sz.get(str(task), 0))
+        n_task.append(n)
+        n_ctx.append(int(sum(sz.values())) - n)
+    table = pd.DataFrame(
+        {
+            "method": f"exact_{regime}",
+            "fold": res["fold"].to_numpy(dtype=np.int64),
+            "task": res["task"].astype(str).to_numpy(),
+            "n_task": np.asarray(n_task, dtype=np.int64),
+            "n_context": np.asarray(n_ctx, dtype=np.int64),
+            "value": res["value"].to_numpy(dtype=np.float64),
+            "note": res["note"].fillna("").to_numpy(),
+        }
+    )
+    cost = {"wall_seconds": wall, "networks": float(len(specs)), "forward": fwd, "backward": bwd}
+    return CurveRun(table, cost, info={"skipped": skipped, "regime": regime})
+
+
+# ----------------------------------------------------------------------------- incremental
+def _score(y: np.ndarray, m: np.ndarray, s: np.ndarray) -> tuple[float, str]:
+    from mtlc.evaluate import score_task
+
+    r = score_task(y[m], s[m])
+    return float(r["roc_auc"]), str(r["note"])
+
+
+def _incremental_run(
+    ds: MultiTaskDataset,
+    pools: FoldPools,
+    heads: list[int],
+    stages: list[dict[int, int]],
+    is_val: np.ndarray,
+    test_y: np.ndarray,
+    test_m: np.ndarray,
+    cfg: Any,
+    epochs_per_stage: int,
+    patience: int,
+    seed: int,
+    lookup: sp.csr_matrix,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Train one network through ``stages`` (size vectors over ``heads``), warm-starting.
+
+    Returns the per-stage per-head test rows and the (forward, backward) pass counts.
+    """
+    from mtlc.models import MultiTaskNet, SparseBatch, masked_bce, resolve_device
+
+    dev = resolve_device(cfg.device)
+    dt = cfg.torch_dtype
+    gen_seed = int(np.random.SeedSequence([seed, 7]).generate_state(1)[0])
+    torch.manual_seed(gen_seed)
+    net = MultiTaskNet(ds.X.shape[1], len(heads), hidden=cfg.hidden, dropout=cfg.dropout)
+    net = net.to(device=dev, dtype=dt)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([seed, 11])
+    xt = SparseBatch.from_csr(ds.X, pools.test_compounds, device=dev)
+    bs = cfg.batch_size
+    fwd = bwd = 0
+    rows: list[dict[str, Any]] = []
+    col_of = {t: k for k, t in enumerate(heads)}
+    for stage, size_vec in enumerate(stages):
+        pairs = np.concatenate([pools.take(t, n) for t, n in size_vec.items() if n > 0])
+        r = ds.rows[pairs].astype(np.int64)
+        c = np.array([col_of[int(t)] for t in ds.cols[pairs]], dtype=np.int64)
+        lab = np.where(lookup[r, ds.cols[pairs]].A1 > 0, 1.0, 0.0)
+        comps = np.unique(r)
+        cidx = np.searchsorted(comps, r)
+        Y = np.zeros((len(comps), len(heads)))
+        M = np.zeros_like(Y)
+        Y[cidx, c] = lab
+        M[cidx, c] = 1.0
+        val = is_val[comps]
+        if val.all() or val.sum() == 0 or cfg.val_fraction == 0:
+            val = np.zeros(len(comps), dtype=bool)  # too small to hold out: train on all
+        tr, va = np.flatnonzero(~val), np.flatnonzero(val)
+        ty = torch.as_tensor(Y[tr], dtype=dt, device=dev)
+        tm = torch.as_tensor(M[tr], dtype=dt, device=dev)
+        vy = torch.as_tensor(Y[va], dtype=dt, device=dev)
+        vm = torch.as_tensor(M[va], dtype=dt, device=dev)
+        xv = SparseBatch.from_csr(ds.X, comps[va], device=dev) if len(va) else None
+        best, best_state, since = float("inf"), None, 0
+        for _ in range(epochs_per_stage):
+            net.train()
+            perm = rng.permutation(len(tr))
+            for s in range(0, len(tr), bs):
+                b = perm[s : s + bs]
+                xb = SparseBatch.from_csr(ds.X, comps[tr[b]], device=dev)
+                loss = masked_bce(net(xb), ty[b], tm[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                fwd += 1
+                bwd += 1
+            if xv is None:
+                continue
+            net.eval()
+            with torch.no_grad():
+                vl = float(masked_bce(net(xv), vy, vm))
+            fwd += math.ceil(len(va) / bs)
+            if vl < best:
+                best, since = vl, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                since += 1
+                if since >= patience:
+                    break
+        if best_state is not None:  # keep the stage's best weights, continue from them
+            net.load_state_dict(best_state)
+        net.eval()
+        with torch.no_grad():
+            s_test = net(xt).double().cpu().numpy()
+        fwd += math.ceil(len(pools.test_compounds) / bs)
+        total = int(sum(size_vec.values()))
+        for t in heads:
+            k = col_of[t]
+            auc, note = _score(test_y[:, t], test_m[:, t], s_test[:, k])
+            n = int(size_vec.get(t, 0))
+            rows.append(
+                {
+                    "fold": pools.fold,
+                    "task": str(pools.task_ids[t]),
+                    "n_task": n,
+                    "n_context": total - n,
+                    "value": auc,
+                    "note": note,
+                    "stage": stage,
+                }
+            )
+    return rows, fwd, bwd
+
+
+def incremental_curves(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    *,
+    mode: str = "stl",
+    test_folds: Sequence[int] = (0,),
+    tasks: Sequence[str | int] | None = None,
+    config: Any = None,
+    max_size: int | None = None,
+    epochs_per_stage: int | None = None,
+    patience: int | None = None,
+    start: int = 16,
+    ratio: float = math.sqrt(2),
+    seed: int = 0,
+) -> CurveRun:
+    """Whole learning curves from one warm-started run each (``mode`` ``"stl"`` or ``"mtl"``).
+
+    Stage k trains on the first ``grid[k]`` nested training pairs of each task (the same pairs
+    as :func:`exact_curves` at that size) for at most ``epochs_per_stage`` epochs (default
+    ``config.max_epochs``), with early stopping on an inner validation set (``patience``,
+    default ``config.patience``); the stage's best weights are kept and training continues from
+    them at the next stage (same Adam state). Inner validation compounds are a fixed seeded
+    ``val_fraction`` of all compounds, so the validation set grows nested too and never
+    includes the test fold.
+
+    ``mode="stl"``: one single-head network per task over the task's own grid.
+    ``mode="mtl"``: one network with a head per task; at stage k every task is at
+    ``min(grid[k], its available pairs)`` (the all-task regime of :mod:`mtlc.designs`).
+    """
+    if mode not in ("stl", "mtl"):
+        raise ConfigError(f"incremental_curves: mode must be 'stl' or 'mtl', got {mode!r}")
+    if ds.X is None:
+        raise ConfigError(f"data set {ds.name!r} has no features; featurize it first")
+    cfg = _config(config)
+    eps = int(cfg.max_epochs if epochs_per_stage is None else epochs_per_stage)
+    pat = int(cfg.patience if patience is None else patience)
+    if eps < 1 or pat < 1:
+        raise ConfigError("epochs_per_stage and patience must be >= 1")
+    ts = _task_list(ds, tasks)
+    lookup = ds.labels_sparse().tocsr()
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    fwd = bwd = nets = 0
+    for f in test_folds:
+        pools = FoldPools(ds, folds, int(f), int(seed))
+        is_val = np.random.default_rng([seed, int(f), 5]).random(ds.n_compounds) < cfg.val_fraction
+        sub = lookup[pools.test_compounds].toarray()
+        test_y, test_m = sub > 0, sub != 0
+        cap = {
+            t: int(pools.available[t] if max_size is None else min(pools.available[t], max_size))
+            for t in ts
+        }
+        if mode == "stl":
+            for t in ts:
+                grid = geometric_grid(cap[t], start=start, ratio=ratio)
+                if len(grid) == 0:
+                    continue
+                r, f_, b_ = _incremental_run(
+                    ds, pools, [t], [{t: int(n)} for n in grid], is_val, test_y, test_m,
+                    cfg, eps, pat, seed * 100_003 + t * 31 + int(f), lookup,
+                )  # fmt: skip
+                rows += r
+                fwd, bwd, nets = fwd + f_, bwd + b_, nets + 1
+        else:
+            levels = geometric_grid(max(cap.values()), start=start, ratio=ratio)
+            stages = [{t: int(min(n, cap[t])) for t in ts} for n in levels]
+            r, f_, b_ = _incremental_run(
+                ds, pools, ts, stages, is_val, test_y, test_m, cfg, eps, pat,
+                seed * 100_003 + int(f), lookup,
+            )  # fmt: skip
+            rows += r
+            fwd, bwd, nets = fwd + f_, bwd + b_, nets + 1
+    table = pd.DataFrame(rows)
+    table.insert(0, "method", f"incremental_{mode}")
+    cost = {
+        "wall_seconds": time.perf_counter() - t0,
+        "networks": float(nets),
+        "forward": fwd,
+        "backward": bwd,
+    }
+    return CurveRun(table, cost, info={"epochs_per_stage": eps, "patience": pat, "mode": mode})
+
+
+# ----------------------------------------------------------------------------- random design
+def random_design_runs(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    *,
+    n_runs: int = 20,
+    test_folds: Sequence[int] = (0,),
+    tasks: Sequence[str | int] | None = None,
+    config: Any = None,
+    max_size: int | None = None,
+    seed: int = 0,
+) -> CurveRun:
+    """``n_runs`` all-task networks per test fold, each task's size drawn from its own grid.
+
+    Uses :func:`mtlc.designs.random_design` (draws seeded by (seed, fold, run)). The returned
+    table has one row per (network, task) with ``run`` (index within the fold); ``sizes`` holds
+    the full size vector of each row's network (columns = task ids, 0 for untrained tasks).
+    """
+    from mtlc.designs import random_design
+    from mtlc.training import train_models
+
+    cfg = _config(config)
+    ts = _task_list(ds, tasks)
+    ctx = DesignContext(dataset=ds.name, config_hash=cfg.hash())
+    t0 = time.perf_counter()
+    specs = []
+    for f in test_folds:
+        pools = FoldPools(ds, folds, int(f), int(seed))
+        specs += random_design(pools, ctx, n_runs=n_runs, tasks=ts, max_size=max_size).specs
+    res = train_models(ds, specs, cfg)
+    wall = time.perf_counter() - t0
+    ep = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
+    fwd = bwd = 0
+    for s in specs:
+        n_c = len(np.unique(s.train_rows))
+        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
+        f_, b_ = _passes(
+            n_c - n_val, n_val, len(s.test_compounds), int(ep[s.key["job_id"]]), cfg.batch_size
+        )
+        fwd, bwd = fwd + f_, bwd + b_
+    res = res[res["metric"] == "roc_auc"].reset_index(drop=True)
+    ids = [str(ds.tasks["task_id"].iloc[t]) for t in ts]
+    size_of = {s.key["job_id"]: json.loads(s.key["task_sizes"]) for s in specs}
+    S = np.array([[size_of[j].get(t, 0) for t in ids] for j in res["job_id"]], dtype=np.int64)
+    own = np.array(
+        [size_of[j].get(str(t), 0) for j, t in zip(res["job_id"], res["task"], strict=True)]
+    )
+    table = pd.DataFrame(
+        {
+            "method": "random_design",
+            "fold": res["fold"].to_numpy(dtype=np.int64),
+            "run": res["n_level"].to_numpy(dtype=np.int64),
+            "task": res["task"].astype(str).to_numpy(),
+            "n_task": own.astype(np.int64),
+            "n_context": S.sum(axis=1) - own,
+            "value": res["value"].to_numpy(dtype=np.float64),
+            "note": res["note"].fillna("").to_numpy(),
+        }
+    )
+    cost = {"wall_seconds": wall, "networks": float(len(specs)), "forward": fwd, "backward": bwd}
+    return CurveRun(table, cost, sizes=pd.DataFrame(S, columns=ids), info={"n_runs": n_runs})
+
+
+def random_design_fit(
+    run: CurveRun,
+    *,
+    model: str = "multi",
+    ridge: float = 1e-3,
+    n_boot: int = 200,
+    level: float = 0.95,
+    runs: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Estimate transfer coefficients from random-design runs, with bootstrap intervals.
+
+    For every target task i, the points of all runs (all test folds pooled) are fitted with
+    ``model``: ``"multi"`` (``P_i = c - exp(b - a n_i - sum_j a_ij n_j)``, one coefficient per
+    partner, ridge penalty ``ridge * sum_j a_ij^2``) or ``"exp3.2"`` (``a_iS`` on the summed
+    context size). Sizes are in samples (rates per 1000 samples, as :mod:`mtlc.curves`).
+    ``runs``: use only the first ``runs`` runs of each fold (a cheaper design, for power versus
+    compute). Intervals: percentile bootstrap over networks (the rows of one run move
+    together), ``n_boot`` replicates fitted in one batched call per target.
+
+    Returns one row per (target, source): ``target``, ``source`` (``"S"`` for exp3.2),
+    ``estimate`` (fit on all points), ``ci_lo``, ``ci_hi``, ``se`` (bootstrap sd),
+    ``p_pos`` (one-sided p-value of "coefficient > 0" from the normal approximation
+    ``1 - Phi(estimate / se)``: the bootstrap fraction of replicates <= 0 cannot go below
+    ``1 / n_boot``, too coarse for Benjamini-Hochberg over many pairs), ``p_boot`` (that
+    fraction), ``q_pos`` (Benjamini-Hochberg over all rows), ``rho``
+    (coefficient / own rate a), ``a`` and ``flag`` of the full-data fit, ``n_points``.
+    """
+    from mtlc.curves import fit_curves
+    from mtlc.stats import bh
+
+    if model not in ("multi", "exp3.2"):
+        raise ConfigError(f"random_design_fit: model must be 'multi' or 'exp3.2', got {model!r}")
+    if run.sizes is None or "run" not in run.table.columns:
+        raise InputTableError("random_design_fit needs the output of random_design_runs")
+    tab = run.table.reset_index(drop=True)
+    sizes = run.sizes.reset_index(drop=True)
+    keep = tab["value"].notna().to_numpy().copy()
+    if runs is not None:
+        keep &= tab["run"].to_numpy() < int(runs)
+    ids = list(sizes.columns)
+    net_id = (tab["fold"].astype(str) + ":" + tab["run"].astype(str)).to_numpy()
+    rng = np.random.default_rng(seed)
+    out = []
+    for target in ids:
+        sel = keep & (tab["task"].to_numpy() == target)
+        if sel.sum() == 0:
+            continue
+        d = pd.DataFrame(
+            {"n_task": tab.loc[sel, "n_task"].to_numpy(), "value": tab.loc[sel, "value"].to_numpy()}
+        )
+        partners = [t for t in ids if t != target]
+        if model == "multi":
+            cols = [f"n_{t}" for t in partners]
+            for t, cname in zip(partners, cols, strict=True):
+                d[cname] = sizes.loc[sel, t].to_numpy()
+        else:
+            cols = ["n_context"]
+            d["n_context"] = tab.loc[sel, "n_context"].to_numpy()
+        nets = net_id[sel]
+        uniq = np.unique(nets)
+        pos = np.searchsorted(uniq, nets)
+        reps = [d.assign(rep=0)]
+        for b in range(1, n_boot + 1):
+            draw = rng.integers(len(uniq), size=len(uniq))
+            take = np.concatenate([np.flatnonzero(pos == k) for k in draw])
+            reps.append(d.iloc[take].assign(rep=b))
+        big = pd.concat(reps, ignore_index=True)
+        fit = fit_curves(
+            big, model, by=["rep"], x="n_task", y="value", context=cols, fold=None,
+            level="pooled", ridge=ridge if model == "multi" else 0.0,
+        )  # fmt: skip
+        fit = fit.set_index("rep").sort_index()
+        coef_names = [f"a_{c}" for c in cols] if model == "multi" else ["a_S"]
+        sources = partners if model == "multi" else ["S"]
+        alpha = 1 - level
+        for src, cn in zip(sources, coef_names, strict=True):
+            full = float(fit.loc[0, cn])
+            bs = fit.loc[1:, cn].to_numpy(dtype=np.float64)
+            bs = bs[np.isfinite(bs)]
+            if len(bs):
+                lo, hi = np.quantile(bs, [alpha / 2, 1 - alpha / 2])
+                p_boot = float(np.mean(bs <= 0))
+                se = float(np.std(bs, ddof=1)) if len(bs) > 1 else np.nan
+                p = float(sps.norm.sf(full / se)) if se > 0 and np.isfinite(full) else np.nan
+            else:
+                lo = hi = p = se = p_boot = np.nan
+            a = float(fit.loc[0, "a"])
+            out.append(
+                {
+                    "target": target,
+                    "source": src,
+                    "estimate": full,
+                    "ci_lo": float(lo),
+                    "ci_hi": float(hi),
+                    "se": se,
+                    "p_pos": p,
+                    "p_boot": p_boot,
+                    "rho": full / a if a > 0 else np.nan,
+                    "a": a,
+                    "flag": str(fit.loc[0, "flag"]),
+                    "n_points": int(sel.sum()),
+                }
+            )
+    res = pd.DataFrame(out)
+    if len(res):
+        res["q_pos"] = bh(res["p_pos"].to_numpy())
+    return res
+
+
+def pair_matrix(
+    table: pd.DataFrame, task_ids: Sequence[str], value: str = "estimate"
+) -> np.ndarray:
+    """``(K, K)`` matrix ``[source, target]`` of column ``value`` of a :func:`random_design_fit`
+    table (NaN where absent, e.g. the diagonal)."""
+    ids = list(task_ids)
+    idx = {t: k for k, t in enumerate(ids)}
+    M = np.full((len(ids), len(ids)), np.nan)
+    for s, t, v in zip(table["source"], table["target"], table[value], strict=True):
+        if s in idx and t in idx:
+            M[idx[s], idx[t]] = v
+    return M
+
+
+# ----------------------------------------------------------------------------- fidelity
+def curve_fidelity(reference: pd.DataFrame, approx: pd.DataFrame) -> pd.DataFrame:
+    """Per task: how close approximate curves come to the reference curves.
+
+    Both tables: long rows ``task, n_task, value`` (+ ``fold``); values are averaged over
+    folds at each size. Curve error: mean absolute difference of the fold-mean AUC over the
+    sizes both have (``mae``, also ``max_abs``, ``n_sizes``). Parameter error: EXP3
+    (``P = c - exp(b - a n)``, n in thousands) fitted to both fold-mean curves:
+    ``a_ref``, ``a_approx``, ``c_ref``, ``c_approx`` and the flags of both fits.
+    """
+    from mtlc.curves import fit_curves
+
+    def mean_curve(d: pd.DataFrame) -> pd.DataFrame:
+        d = d[d["value"].notna()]
+        return d.groupby(["task", "n_task"], as_index=False)["value"].mean()
+
+    r, a = mean_curve(reference), mean_curve(approx)
+    m = r.merge(a, on=["task", "n_task"], suffixes=("_ref", "_approx"))
+    m["abs"] = (m["value_ref"] - m["value_approx"]).abs()
+    err = m.groupby("task").agg(
+        mae=("abs", "mean"), max_abs=("abs", "max"), n_sizes=("abs", "size")
+    )
+    out = err.reset_index()
+    for name, d in (("ref", r), ("approx", a)):
+        f = fit_curves(d.assign(fold=0), "exp3", by=["task"], level="fold")
+        f = f.set_index("task")
+        out[f"a_{name}"] = out["task"].map(f["a"])
+        out[f"c_{name}"] = out["task"].map(f["c"])
+        out[f"flag_{name}"] = out["task"].map(f["flag"]).fillna("missing")
+    return out
+
+
+# ----------------------------------------------------------------------------- TAG and power
+def tag_pair_test(
+    results: Sequence[Any], *, unit: str = "epoch", epochs: int | None = None
+) -> dict[str, np.ndarray]:
+    """A test for TAG affinities, which have none built in: one-sided t-test of ``Z > 0``.
+
+    ``results``: one or more :class:`mtlc.affinity.TagResult` (e.g. different seeds), same
+    tasks. ``unit="epoch"``: the replicates are the per-epoch mean affinities of every run
+    (``history``; epochs are consecutive states of one trajectory, so they are positively
+    correlated and the p-values are optimistic); ``unit="seed"``: the replicates are the runs'
+    overall means (independent, needs >= 2 runs). ``epochs``: use only the first ``epochs``
+    epochs of each run (exactly what a shorter TAG run computes: the trajectory is the same).
+
+    Returns ``(K, K)`` arrays ``[source, target]``: ``mean``, ``t``, ``p`` (one-sided),
+    ``q`` (Benjamini-Hochberg over the off-diagonal pairs), ``n`` (replicates); NaN on the
+    diagonal.
+    """
+    from mtlc.stats import bh
+
+    if unit not in ("epoch", "seed"):
+        raise ConfigError(f"unit must be 'epoch' or 'seed', got {unit!r}")
+    if not results:
+        raise ConfigError("tag_pair_test needs at least one TagResult")
+    if unit == "epoch":
+        reps = [r.history[: (epochs or r.history.shape[0])] for r in results]
+        V = np.concatenate(reps, axis=0)
+    else:
+        V = np.stack(
+            [np.nanmean(r.history[: (epochs or r.history.shape[0])], axis=0) for r in results]
+        )
+    K = V.shape[1]
+    n = np.sum(np.isfinite(V), axis=0).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(V, axis=0)
+        sd = np.nanstd(V, axis=0, ddof=1)
+        t = mean / (sd / np.sqrt(n))
+        p = np.where(n >= 2, sps.t.sf(t, np.maximum(n - 1, 1)), np.nan)
+    off = ~np.eye(K, dtype=bool)
+    for a in (mean, t, p):
+        a[~off] = np.nan
+    return {"mean": mean, "t": t, "p": p, "q": bh(p), "n": n}
+
+
+def detection_rates(q: np.ndarray, related: np.ndarray, *, alpha: float = 0.05) -> dict[str, float]:
+    """True-positive and false-positive rates of calling a pair when ``q < alpha``.
+
+    ``q``, ``related``: ``(K, K)``; the diagonal is ignored; NaN q counts as "not called".
+    Returns ``tpr`` (called among related pairs), ``fpr`` (called among unrelated pairs),
+    ``n_related``, ``n_unrelated``, ``n_called``.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    rel = np.asarray(related, dtype=bool)
+    off = ~np.eye(len(q), dtype=bool)
+    called = np.nan_to_num(q, nan=np.inf) < alpha
+    r, u = rel & off, ~rel & off
+    return {
+        "tpr": float(called[r].mean()) if r.any() else np.nan,
+        "fpr": float(called[u].mean()) if u.any() else np.nan,
+        "n_related": int(r.sum()),
+        "n_unrelated": int(u.sum()),
+        "n_called": int(called[off].sum()),
+    }
+
+
+def pair_ranking_auc(score: np.ndarray, related: np.ndarray) -> float:
+    """ROC-AUC of ``score`` (``(K, K)``, higher = more transfer) separating related from
+    unrelated off-diagonal pairs (threshold-free power; NaN scores rank lowest)."""
+    from sklearn.metrics import roc_auc_score
+
+    s = np.asarray(score, dtype=np.float64)
+    off = ~np.eye(len(s), dtype=bool)
+    y = np.asarray(related, dtype=bool)[off]
+    v = np.nan_to_num(s[off], nan=-np.inf)
+    v = np.where(np.isneginf(v), np.nanmin(s[off]) - 1 if np.isfinite(s[off]).any() else 0, v)
+    if y.all() or not y.any():
+        return np.nan
+    return float(roc_auc_score(y, v))
+
+
+def rank_agreement(A: np.ndarray, Z: np.ndarray) -> dict[str, Any]:
+    """Spearman rank correlation between two ``[source, target]`` pairwise matrices.
+
+    Returns ``overall`` (all finite off-diagonal pairs), ``per_target`` (list, one per target
+    column, NaN with fewer than 3 pairs) and ``n_pairs``.
+    """
+    A, Z = np.asarray(A, float), np.asarray(Z, float)
+    if A.shape != Z.shape or A.ndim != 2:
+        raise InputTableError(f"matrices differ in shape: {A.shape} vs {Z.shape}")
+    off = ~np.eye(len(A), dtype=bool)
+    ok = off & np.isfinite(A) & np.isfinite(Z)
+    overall = float(sps.spearmanr(A[ok], Z[ok]).statistic) if ok.sum() >= 3 else np.nan
+    per = []
+    for j in range(A.shape[1]):
+        m = ok[:, j]
+        if m.sum() >= 3 and np.ptp(A[m, j]) > 0 and np.ptp(Z[m, j]) > 0:
+            per.append(float(sps.spearmanr(A[m, j], Z[m, j]).statistic))
+        else:
+            per.append(np.nan)
+    return {"overall": overall, "per_target": per, "n_pairs": int(ok.sum())}
