@@ -11,6 +11,7 @@ with :func:`mtlc.report.repo_root`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,13 @@ def _failure_message(source: Path, output: Path, exc: Exception) -> str:
             first = cells[index].source.strip().splitlines()[0][:80] if cells[index].source else ""
         except (OSError, ValueError, IndexError):  # the copy is unreadable: keep papermill's index
             pass
-        where = f"cell {position}" + (f" (`{first}`)" if first else "")
+        where = f"cell {position} (counting markdown cells, from 1"
+        where += f"; it starts `{first}`)" if first else ")"
+        # ipykernel tracebacks name the line inside the cell: "Cell In[6], line 12"
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(getattr(exc, "traceback", None) or []))
+        lines = re.findall(r"Cell In\[\d+\], line (\d+)", tb)
+        if lines:
+            where += f", line {lines[0]}"
     return (
         f"notebook {source.name} failed in {where}: {ename}: {evalue}\n"
         f"  the partly executed copy with the full traceback is {output}"

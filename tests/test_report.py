@@ -208,16 +208,21 @@ def test_glue_text_renders_in_book(glue_book):
 def test_failing_cell_named(tmp_path):
     _write_nb(
         tmp_path / "src" / "02_bad.ipynb",
-        [new_code_cell("x = 1"), new_code_cell("raise ValueError('planted failure')")],
+        [
+            new_code_cell("x = 1"),
+            new_code_cell("y = 2\nraise ValueError('planted failure')"),
+            new_markdown_cell("after"),
+        ],
     )
     with pytest.raises(NotebookExecutionError) as info:
         execute(notebooks_dir=tmp_path / "src", output_dir=tmp_path / "out", cwd=tmp_path, log=None)
     msg = str(info.value)
     assert (
         "02_bad.ipynb" in msg
-        and "cell 2 (`raise ValueError" in msg
+        and "cell 2 (counting markdown cells, from 1; it starts `y = 2`), line 2" in msg
         and "ValueError: planted failure" in msg
     )
+    assert "line 2" in msg
     assert (tmp_path / "out" / "02_bad.ipynb").exists()  # the partial copy is kept for reading
 
 
