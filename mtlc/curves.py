@@ -767,7 +767,7 @@ def fit_curves(
     groups, Z, Y, W = _batch_from_table(data, keys, cols, y)
     Z = Z / scale
     if groups.shape[0] == 0:
-        return pd.DataFrame(columns=keys + ["model"] + _param_names(spec, ctx))
+        return pd.DataFrame(columns=[*keys, "model", *_param_names(spec, ctx), "flag"])
     res = _fit_batch(
         Z,
         Y,

@@ -242,3 +242,30 @@ def test_with_single_task_points_builds_pair_surfaces():
     assert set(out.loc[out.regime == "stl", "partner"]) == {"B", "C"}
     assert (out.loc[out.regime == "stl", "n_context"] == 0).all()
     assert "B" not in set(out["task"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_rows=st.integers(0, 60),
+    nan_frac=st.floats(0, 1),
+    model=st.sampled_from(["exp3", "exp3.2", "pow3"]),
+    level=st.sampled_from(["fold", "mean", "pooled"]),
+)
+def test_random_tables_never_raise(seed, n_rows, nan_frac, model, level):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "task": rng.choice(["A", "B", "C"], n_rows),
+            "fold": rng.integers(0, 3, n_rows),
+            "n_task": rng.choice(np.r_[GRID, 0.0, -5.0], n_rows),
+            "n_context": rng.choice([0.0, 100.0, 1000.0], n_rows),
+            "value": rng.uniform(0.3, 1.0, n_rows),
+        }
+    )
+    df.loc[rng.uniform(size=n_rows) < nan_frac, "value"] = np.nan
+    kw = {"context": "n_context"} if model == "exp3.2" else {}
+    out = C.fit_curves(df, model, by=["task"], level=level, **kw)
+    assert "flag" in out.columns
+    if len(out):
+        assert out["flag"].map(type).eq(str).all()
