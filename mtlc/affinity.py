@@ -24,6 +24,10 @@ Two implementations give the same numbers:
   layers use ``h' (W - lr G_i)^T = h' W^T - lr (h' h[R_i]^T) delta[R_i]``. The perturbed
   forwards are batched over source tasks, and the loss change is propagated as a difference
   (``log1p(sigmoid * expm1(dz))``), so that float32 keeps its precision when ``lr`` is small.
+  When labels are sparse, the last hidden layer is not run per source at all: its change is
+  the linear part (ReLU slopes of the unperturbed forward), a pair-space product, plus exact
+  corrections at the few units whose pre-activation can change sign (found with a bound on
+  the change); this is exact, not an approximation.
 
 Cheap baselines from the same per-pair signals: the inner products of per-task trunk
 gradients ``<g_i, g_j>``, their cosine similarity, and the first-order shortcut
@@ -313,8 +317,13 @@ def _exact_lookahead(
     P = int(bp.numel())
     L = len(h_list)
     S = int(src.numel())
-    # Padded per-source pair lists (S, r_max); padding points at an extra all-zero pair P.
+    # Sources in decreasing order of labelled rows, so that a chunk pads its pair lists only to
+    # its own longest (bucketing: matters when labels are dense and uneven).
     n_long = n_t.long()
+    perm = torch.argsort(n_long[src], descending=True, stable=True)
+    src = src[perm]
+    perm_np = perm.cpu().numpy()
+    # Padded per-source pair lists (S, r_max); padding points at an extra all-zero pair P.
     counts = n_long[src]
     r_max = int(counts.max())
     start = torch.cumsum(n_long, 0) - n_long
@@ -400,8 +409,10 @@ def _exact_lookahead(
     buf_dh = [torch.empty_like(b) for b in buf_da]
     for c0 in range(0, S, chunk):
         sl = slice(c0, c0 + chunk)
-        pi, rp = pidx[sl], rows_pad[sl]
+        r_c = int(counts[c0])  # the chunk's longest pair list (sources sorted by count)
+        pi, rp = pidx[sl, :r_c], rows_pad[sl, :r_c]
         C = int(pi.shape[0])
+        rows_out = perm_np[sl]
         dh: torch.Tensor | None = None
         for li in range(n_full):
             da, out_dh = buf_da[li][:C], buf_dh[li][:C]
@@ -445,7 +456,7 @@ def _exact_lookahead(
                 max_candidates=max_candidates,
             )
             if dz is None:  # too many sign-change candidates: exact dense evaluation
-                out[sl] = _exact_lookahead(
+                out[rows_out] = _exact_lookahead(
                     model,
                     a_list,
                     h_list,
@@ -465,7 +476,7 @@ def _exact_lookahead(
         dl = torch.log1p(sig_neg * torch.expm1(-sgn * dz))
         dL = torch.zeros(C, K, dtype=dtype, device=dev).index_add_(1, kp, dl)
         # Z = 1 - L'/L = -(L' - L)/L, both per-task means over the same n_j pairs
-        out[sl] = (-dL / base).double().cpu().numpy()
+        out[rows_out] = (-dL / base).double().cpu().numpy()
     return out
 
 
@@ -580,9 +591,9 @@ def lookahead_fast(
         of its units could change sign (large ``lr``).
 
     Cost: one forward, one backward restricted to the labelled pairs, and (``exact``) per source
-    task one batched forward of the trunk's layers above the first plus a ``(B, r_i)`` matmul
-    for the first layer (``r_i``: labelled rows of task i), heads evaluated only at labelled
-    pairs.
+    task a ``(B, r_i)`` matmul for the first layer (``r_i``: labelled rows of task i) and a
+    batched forward of the layers above it, except the last hidden layer on the "linear" path;
+    heads are evaluated only at labelled pairs.
     """
     y_t, m_t, dtype, dev = _as_tensors(model, y, mask)
     _check_shapes(model, batch, y_t, m_t)
@@ -789,7 +800,7 @@ def tag_train(
     gradients: bool = True,
     dtype: torch.dtype | str | None = None,
     keep_model: bool = False,
-    chunk: int = 32,
+    chunk: int = 16,
 ) -> TagResult:
     """Train the all-task network and measure TAG affinities every ``every`` steps.
 
