@@ -44,8 +44,10 @@ test: venv executed html
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken" >&2; fi; \
 	exit $$rc
 
+# JupyterLab on the project kernel (new notebooks default to "mtlc (.venv)"), files from the top.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=. notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --MappingKernelManager.default_kernel_name=mtlc $(LAB_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
