@@ -39,8 +39,8 @@ def test_config_hash_is_stable_and_ignores_device():
     assert a.hash() == TrainConfig().hash()
     assert len(a.hash()) == 12
     assert TrainConfig(device="cpu").hash() == a.hash()
-    assert TrainConfig(hidden=(128,)).hash() != a.hash()
-    assert TrainConfig(hidden=[256]).hash() == a.hash()  # list or tuple: same experiment
+    assert TrainConfig(hidden=(256,)).hash() != a.hash()
+    assert TrainConfig(hidden=[128]).hash() == a.hash()  # list or tuple: same experiment
     assert TrainConfig(lr=2e-3).hash() != a.hash()
 
 
