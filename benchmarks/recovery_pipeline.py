@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--folds", type=int, default=3, help="folds used (of 5)")
     ap.add_argument("--max-epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--contextual", action="store_true", help="also EXP3.2 on all-task curves")
     args = ap.parse_args(argv)
     ds = datasets.synthetic(seed=args.seed)
     ids = list(ds.tasks["task_id"])
@@ -90,7 +91,34 @@ def main(argv: list[str] | None = None) -> dict:
         f"related pairs significant positive (q<0.05): {((a.q < 0.05) & (a.estimate > 0))[related].sum()}/{related.sum()}; "
         f"unrelated significant: {(a.q < 0.05)[~related].sum()}/{(~related).sum()}"
     )
-    return {"spearman": rho_s, "table": a, "fits": fits}
+    out = {"spearman": rho_s, "table": a, "fits": fits}
+    if args.contextual:
+        out.update(contextual(ds, res_store=args.store, common=common, run_study=run_study))
+    return out
+
+
+def contextual(ds, *, res_store, common, run_study) -> dict:
+    """EXP3.2 on single-task + all-task curves: is a_S larger for tasks with related tasks?"""
+    from mtlc.store import ResultsStore
+
+    targets = ["t00", "t03", "t06", "t09", "t10", "t11"]  # 3 in groups, 3 unrelated
+    run_study(ds, regime="stl", targets=targets, **common)
+    run_study(ds, regime="mtl", **common)
+    res = ResultsStore(res_store).read()
+    ok = res[(res["status"] == "ok") & (res["metric"] == "roc_auc") & res["value"].notna()]
+    ok = ok[ok["regime"].isin(["stl", "mtl"]) & ok["task"].isin(targets)]
+    pts = ok.groupby(["regime", "task", "fold", "n_level", "n_task"], as_index=False).agg(
+        value=("value", "mean"), n_context=("n_context", "mean")
+    )
+    fits = curves.fit_exp32(pts, by=["task"])
+    summ = mstats.fold_summary(fits, ["a_S", "rho_S"], by=["task"], n_boot=500)
+    a = summ[summ["param"] == "a_S"].copy()
+    groups = dict(zip(ds.tasks["task_id"], ds.tasks["group"], strict=True))
+    a["in_group"] = [groups[t] >= 0 for t in a["task"]]
+    rho_s = sps.spearmanr(a["estimate"], a["in_group"]).statistic
+    print(a[["task", "in_group", "estimate", "ci_lo", "ci_hi", "q", "flag"]].round(4).to_string())
+    print(f"Spearman(a_S, task has related tasks) = {rho_s:.3f} over {len(a)} tasks")
+    return {"spearman_contextual": rho_s, "table_contextual": a}
 
 
 if __name__ == "__main__":

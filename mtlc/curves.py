@@ -881,8 +881,6 @@ def extrapolation_table(
             level="fold" if fold else "pooled",
             scale=scale,
         )
-        if not fold:
-            fits = fits  # level pooled keeps one fit per group
         test = d[~train].merge(fits, on=keys, how="left", suffixes=("", "_fit"))
         spec = _spec(model)
         pn = _param_names(spec, [])

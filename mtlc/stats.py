@@ -83,7 +83,6 @@ def bootstrap_interval(
     e = np.atleast_2d(np.asarray(est, dtype=np.float64))
     R, k = e.shape
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, k, size=(n_boot, k))
     lo = np.full(R, np.nan)
     hi = np.full(R, np.nan)
     fin = np.isfinite(e)
@@ -97,7 +96,6 @@ def bootstrap_interval(
         means = packed[:, ix].mean(axis=2)  # (r, n_boot)
         lo[rows] = np.quantile(means, 0.5 - level / 2, axis=1)
         hi[rows] = np.quantile(means, 0.5 + level / 2, axis=1)
-    del idx
     return lo, hi
 
 
