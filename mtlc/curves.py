@@ -18,9 +18,10 @@ pow3        P = c - exp(b) n^(-alpha)                          c, b, alpha
 wbl4        P = c - exp(b - a n^d)                             c, b, a, d
 ==========  =================================================  ==========================
 
-``exp3`` is the paper's (and Domhan et al. 2015's) parameterization. LCDB's ``exp3``
-(``c - exp(-a n + b)`` written with other signs/roles in its code) is a different
-parameterization: coefficients are not comparable between the two, do not mix them.
+``exp3`` is the paper's (and Domhan et al. 2015's) parameterization. LCDB's ``exp3`` is
+``a * exp(-b n) + c``, usually fitted to error rates: its amplitude ``a`` sits outside the
+exponent and its ``b`` is our rate ``a``, so the letters mean different things; do not mix
+coefficients between the two.
 
 Units: sizes are divided by ``scale`` (default 1000) before fitting, so every rate is "per
 thousand samples" and is O(1) for typical curves. ``rho`` (sample-equivalence ratio)
