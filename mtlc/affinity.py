@@ -266,11 +266,21 @@ def _gradient_inner(
         D.index_put_((local[kp[lo:hi]] - int(local[blk[0]]), bp[lo:hi]), d[lo:hi], accumulate=True)
         return D
 
+    bp_ext = torch.cat([bp, bp.new_zeros(1)])
+    d_ext = [torch.cat([d, d.new_zeros(1, d.shape[1])]) for d in deltas]
+    start_t = torch.as_tensor(start, device=dev)
     out = np.zeros((K, K))
     for bi in blocks:
         acc = torch.zeros(len(bi), Ks, dtype=dtype, device=dev)
-        for M, d in zip(Ms, deltas, strict=True):
-            Q = torch.matmul(M, rows(d, bi)).reshape(len(bi), -1)  # (C, B*H)
+        # padded pair lists of the block's tasks (pad -> the zero pair P)
+        cnt = n_long[torch.as_tensor(bi, device=dev)]
+        ar = torch.arange(int(cnt.max()), device=dev)
+        pi = start_t[torch.as_tensor(bi, device=dev)][:, None] + ar[None, :]
+        pi = torch.where(ar[None, :] < cnt[:, None], pi, torch.full_like(pi, P))
+        rp = bp_ext[pi]
+        for M, d, dx in zip(Ms, deltas, d_ext, strict=True):
+            # M D_i only through task i's labelled rows: (B, r_i) @ (r_i, H) per task
+            Q = torch.bmm(M[rp].transpose(1, 2).contiguous(), dx[pi]).reshape(len(bi), -1)
             for bj in blocks:
                 j0 = int(local[bj[0]])
                 acc[:, j0 : j0 + len(bj)] += Q @ rows(d, bj).reshape(len(bj), -1).T
