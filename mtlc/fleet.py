@@ -74,10 +74,11 @@ class _Csr:
 
 
 def _trainable_bits(X: sp.csr_matrix, compounds: np.ndarray, all_rows: bool) -> np.ndarray:
+    """Columns set in any of ``compounds`` (all columns when ``all_rows``)."""
     if all_rows:
         return np.arange(X.shape[1], dtype=np.int64)
-    bits = np.unique(X[compounds].indices).astype(np.int64)
-    return bits if len(bits) else np.zeros(1, dtype=np.int64)
+    whole = _Csr(rowptr=X.indptr.astype(np.int64), cidx=X.indices.astype(np.int64))
+    return _nonempty(np.unique(whole.bags(np.asarray(compounds)[None, :], 0)[0]))
 
 
 def fleet_bytes(n_rows: int, n_heads: int, config: TrainConfig) -> int:
@@ -178,7 +179,15 @@ class _Trainer:
         hid = config.hidden
         self.T = T = max(m.n_heads for m in models)
         all_rows = config.weight_decay > 0
-        bits = [_trainable_bits(X, m.train_compounds, all_rows) for m in models]
+        X = sp.csr_matrix(X)
+        xptr, xind = X.indptr.astype(np.int64), X.indices.astype(np.int64)
+        whole = _Csr(rowptr=xptr, cidx=xind)
+        bits = [
+            np.arange(nf, dtype=np.int64)
+            if all_rows
+            else _nonempty(np.unique(whole.bags(m.train_compounds[None, :], 0)[0]))
+            for m in models
+        ]
         self.R = R = max(len(b) for b in bits)
         dt, dev = self.dt, self.dev
 
@@ -199,24 +208,30 @@ class _Trainer:
             params[-1][j, : m.n_heads] = w[-1]
             lut = np.full(nf, -1, dtype=np.int64)
             lut[b] = np.arange(len(b))
-            w0 = w[0].double().numpy()
+            w0 = None
             for comps, fz, rows in (
                 (m.train_compounds, None, tr_rows),
                 (m.val_compounds, frozen_val, va_rows),
                 (m.test_compounds, frozen_test, te_rows),
             ):
-                sub = sp.csr_matrix(X[comps])
-                c = lut[sub.indices]
+                ind, off = whole.bags(comps[None, :], 0)
+                ptr = np.append(off, len(ind))
+                c = lut[ind]
                 keep = c >= 0
-                kept = np.diff(_ptr(keep, sub.indptr))
+                kept = np.diff(_ptr(keep, ptr))
                 rows.append((c[keep], kept))
                 if fz is not None:
                     if (~keep).any():
-                        froz = sp.csr_matrix(
-                            (sub.data[~keep], sub.indices[~keep], _ptr(~keep, sub.indptr)),
-                            shape=sub.shape,
+                        # frozen rows keep their initial values: sum them once, in float64
+                        w0 = w[0].double() if w0 is None else w0
+                        fz.append(
+                            F.embedding_bag(
+                                torch.from_numpy(ind[~keep]),
+                                w0,
+                                torch.from_numpy(_ptr(~keep, ptr)[:-1]),
+                                mode="sum",
+                            ).numpy()
                         )
-                        fz.append(np.asarray(froz @ w0))
                     else:
                         fz.append(np.zeros((len(comps), hid[0])))
         self.params = params
@@ -227,6 +242,7 @@ class _Trainer:
         self.fused = _fused_adam_available(dev, dt)
         self._gbuf = torch.empty((M * R, hid[0]), dtype=dt, device=dev)
         self._static: tuple | None = None
+        self._views: tuple | None = None
 
         self.tr = _stack_csr(tr_rows)
         self.va = _stack_csr(va_rows)
@@ -328,14 +344,18 @@ class _Trainer:
         cfg = self.cfg
         self.steps[:, :k] += 1
         if self.fused:
-            ps, gs, ms, vs, ss = [], [], [], [], []
-            for i, g in enumerate(grads):
-                for j in range(k):
-                    ps.append(self.params[i][j])
-                    gs.append(g[j])
-                    ms.append(self.exp_avg[i][j])
-                    vs.append(self.exp_avg_sq[i][j])
-                    ss.append(self.steps[i, j])
+            if self._views is None or self._views[0] != k:
+                # per-model views (their own step counts); rebuilt only when k changes
+                views = [[], [], [], []]
+                for i in range(len(self.params)):
+                    for j in range(k):
+                        views[0].append(self.params[i][j])
+                        views[1].append(self.exp_avg[i][j])
+                        views[2].append(self.exp_avg_sq[i][j])
+                        views[3].append(self.steps[i, j])
+                self._views = (k, *views)
+            _, ps, ms, vs, ss = self._views
+            gs = [g[j] for g in grads for j in range(k)]
             torch._fused_adam_(
                 ps, gs, ms, vs, [], ss, amsgrad=False, lr=cfg.lr, beta1=_BETA1, beta2=_BETA2,
                 weight_decay=cfg.weight_decay, eps=_EPS, maximize=False, grad_scale=None,
@@ -411,9 +431,11 @@ class _Trainer:
                 elif epoch - best_epoch[mi] >= cfg.patience:
                     stop[j] = True
             with torch.no_grad():
-                for j in improved:  # slice copies run at memcpy speed, unlike index_select
+                # slice copies run at memcpy speed, unlike index_select; one per run of
+                # consecutive positions whose model ids are consecutive too
+                for a, b in _runs(np.asarray(improved, dtype=np.int64), active):
                     for p, bst in zip(self.params, self.best, strict=True):
-                        bst[active[j]].copy_(p[j])
+                        bst[active[a] : active[a] + b - a].copy_(p[a:b])
             if stop.any():
                 keep = np.flatnonzero(~stop)
                 self._compact(keep)
@@ -443,6 +465,7 @@ class _Trainer:
                 lst[i] = p[: len(keep)]
         self.steps = self.steps[:, torch.as_tensor(keep, device=self.dev)]
         self._static = None
+        self._views = None
 
     def _full_batch(self, active: np.ndarray) -> tuple:
         """Static inputs when every active model takes one batch per epoch (its whole set).
@@ -559,6 +582,20 @@ class _Trainer:
             for j, mi in enumerate(ids):
                 out.append(logits[j, : self.n_te[mi], : self.models[mi].n_heads])
         return out
+
+
+def _runs(pos: np.ndarray, ids: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ranges [a, b) of ``pos`` that are consecutive in position and in ``ids``."""
+    if len(pos) == 0:
+        return []
+    brk = np.flatnonzero((np.diff(pos) != 1) | (np.diff(ids[pos]) != 1)) + 1
+    starts = np.r_[0, brk]
+    ends = np.r_[brk, len(pos)]
+    return [(int(pos[s]), int(pos[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
+
+
+def _nonempty(bits: np.ndarray) -> np.ndarray:
+    return bits if len(bits) else np.zeros(1, dtype=np.int64)
 
 
 def _ptr(keep: np.ndarray, indptr: np.ndarray) -> np.ndarray:
