@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -217,6 +218,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, design_setup):
     script = tmp_path / "run.py"
     script.write_text(_SCRIPT.format(tests=str(TESTS)))
@@ -262,3 +264,34 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, design_setup
     b = ref_store.read()[cols].sort_values(["job_id", "metric"]).reset_index(drop=True)
     assert st.last_read["replaced_rows"] == 0  # nothing was written twice
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("regime", "options", "n_jobs"),
+    [
+        ("pair", {"pairs": [("t00", "t01")], "partner_sizes": [16, 32]}, 2 * 2 * 2),
+        ("context", {"qs": [0.5, 1.0], "targets": ["t02"]}, 2 * 2 * 2),
+        ("random", {"n_runs": 3}, 2 * 3),
+        ("mtl", {}, 2 * 2),
+    ],
+)
+def test_run_study_regimes_with_task_subset(tmp_path, regime, options, n_jobs):
+    from mtlc.study import run_study
+
+    ds = small_synthetic()
+    s = run_study(
+        ds, regime=regime, store=tmp_path, config=StandInConfig(), n_folds=3,
+        fold_subset=[0, 2], tasks=["t00", "t01", "t02"], sizes=[16, 32],
+        trainer=centroid_trainer, progress=False, **options,
+    )  # fmt: skip
+    assert s.done == n_jobs and s.failed == 0
+    df = ResultsStore(tmp_path).read()
+    assert set(df["task_set"]) == {next(iter(set(df["task_set"])))}
+    assert df["task_set"].iloc[0].startswith("ids:")
+    assert set(df["task"]) <= {"t00", "t01", "t02"}
+    ok = df[df.metric == "roc_auc"]
+    # n_task and n_context are per evaluated task, from the model's size vector
+    for _, r in ok.iterrows():
+        sizes = json.loads(r["task_sizes"])
+        assert r["n_task"] == sizes[r["task"]]
+        assert r["n_context"] == sum(sizes.values()) - sizes[r["task"]]
