@@ -1,0 +1,252 @@
+"""Task selection: with known targets, is a small related set of partners as good as all tasks?
+
+Padmakumar et al. (2022) found that, for a known target, multi-task training with a few related
+auxiliary tasks is competitive with large-scale multi-task training at a fraction of the cost.
+Here a target ``i`` is trained jointly (one hard-parameter-sharing network, :mod:`mtlc.training`)
+with
+
+* ``top{k}:<estimator>``: the ``k`` partners an estimator of transfer ranks highest for ``i``
+  (any ``(K, K)`` matrix ``[source, target]``: TAG affinity, gradient cosine, pairwise MTLC
+  coefficients, the foundation single-partner shifts, or the planted truth on synthetic data);
+* ``random{k}:s<r>``: ``k`` partners drawn at random (seed ``r``);
+* ``all``: every other task; ``none``: no partner (single-task),
+
+at graded target sizes ``n_i`` while the partners keep all their training pairs. The stored
+rows (regime ``selection``, the set's label in ``partner``) give learning curves per set;
+:func:`selection_table` compares them (AUC at small and full ``n``) with what each costs.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mtlc.datasets._core import MultiTaskDataset
+from mtlc.designs import Design, DesignContext, FoldPools, _base, _spec
+from mtlc.errors import ConfigError
+from mtlc.store import ResultsStore
+
+__all__ = [
+    "REGIME",
+    "top_partners",
+    "partner_sets",
+    "selection_design",
+    "run_selection",
+    "selection_table",
+]
+
+REGIME = "selection"
+
+
+def top_partners(scores: Any, target: int, k: int) -> list[int]:
+    """The ``k`` sources ``j != target`` with the highest ``scores[j, target]`` (NaN ranks last).
+
+    ``scores``: ``(K, K)`` array, rows = source, columns = target (the TAG convention: how much
+    training on ``j`` helps ``target``). Ties go to the lower index. Returns indices, best first.
+    """
+    S = np.asarray(scores, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ConfigError(f"scores must be a square (K, K) matrix, got shape {S.shape}")
+    K = S.shape[0]
+    if not 0 <= target < K:
+        raise ConfigError(f"target index {target} out of range 0..{K - 1}")
+    if not 1 <= k <= K - 1:
+        raise ConfigError(f"k must be in 1..{K - 1} (the other tasks), got {k}")
+    col = S[:, target].copy()
+    col[target] = np.nan
+    key = np.where(np.isfinite(col), -col, np.inf)
+    key[target] = np.inf
+    order = np.lexsort((np.arange(K), key))
+    order = [int(j) for j in order if j != target]
+    return order[:k]
+
+
+def partner_sets(
+    ds: MultiTaskDataset,
+    targets: Iterable[str | int],
+    estimators: Mapping[str, Any],
+    *,
+    k: int,
+    n_random: int = 1,
+    seed: int = 0,
+    include_all: bool = True,
+    include_none: bool = True,
+) -> dict[str, dict[str, list[int]]]:
+    """Partner sets per target: ``{target id: {label: [task indices]}}``.
+
+    ``estimators``: name -> ``(n_tasks, n_tasks)`` score matrix ``[source, target]`` aligned
+    with ``ds``'s tasks. Labels ``top{k}:<name>``, ``random{k}:s<r>`` (``r = 0..n_random-1``,
+    drawn per target from ``(seed + r, target id)``), ``all`` and ``none``.
+    """
+    ids = ds.tasks["task_id"].astype(str).to_numpy()
+    out: dict[str, dict[str, list[int]]] = {}
+    for t in targets:
+        ti = ds.task_index(t) if not isinstance(t, (int, np.integer)) else int(t)
+        others = [j for j in range(ds.n_tasks) if j != ti]
+        sets: dict[str, list[int]] = {}
+        if include_none:
+            sets["none"] = []
+        for name, S in estimators.items():
+            S = np.asarray(S, dtype=np.float64)
+            if S.shape != (ds.n_tasks, ds.n_tasks):
+                raise ConfigError(
+                    f"estimator {name!r} has shape {S.shape}, expected "
+                    f"({ds.n_tasks}, {ds.n_tasks}) aligned with the data set's tasks"
+                )
+            sets[f"top{k}:{name}"] = sorted(top_partners(S, ti, k))
+        for r in range(n_random):
+            rng = np.random.default_rng([seed + r, zlib.crc32(str(ids[ti]).encode())])
+            sets[f"random{k}:s{r}"] = sorted(rng.choice(others, size=k, replace=False).tolist())
+        if include_all:
+            sets["all"] = others
+        out[str(ids[ti])] = sets
+    return out
+
+
+def selection_design(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    sets: Mapping[str, Mapping[str, Sequence[int]]],
+    *,
+    fold_subset: Sequence[int] | None = None,
+    sizes: Sequence[int] | str = "auto",
+    max_size: int | None = None,
+    seed: int = 0,
+    ctx: DesignContext,
+) -> Design:
+    """Specs: per fold, target, partner set and target size ``n``: target at ``n`` + partners
+    at all their training pairs; evaluated on the target only. Keys: regime ``selection``,
+    ``partner`` = the set's label, ``n_context`` = the partners' training pairs."""
+    from mtlc.foundation import _sizes
+
+    d = Design()
+    fold_ids = sorted(set(np.asarray(folds).tolist())) if fold_subset is None else fold_subset
+    for fold in fold_ids:
+        pools = FoldPools(ds, folds, int(fold), seed)
+        for tid, by_label in sets.items():
+            t = ds.task_index(tid)
+            grid = _sizes(int(pools.available[t]), sizes, max_size)
+            if not isinstance(sizes, str):
+                for s in sizes:
+                    if s not in grid:
+                        d.skipped.append(
+                            {
+                                "fold": int(fold),
+                                "target": tid,
+                                "n": int(s),
+                                "reason": f"size above the {int(pools.available[t])} training pairs of {tid}",
+                            }
+                        )
+            for label, partners in by_label.items():
+                psizes = {int(j): int(pools.available[j]) for j in partners if j != t}
+                n_ctx = sum(psizes.values())
+                for n in grid:
+                    key = _base(REGIME, tid, label, None, n, n, n_ctx)
+                    d.specs.append(_spec(pools, ctx, {t: int(n), **psizes}, [t], key))
+    return d
+
+
+def run_selection(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    sets: Mapping[str, Mapping[str, Sequence[int]]],
+    *,
+    store: ResultsStore | str | os.PathLike,
+    config: Any,
+    fold_subset: Sequence[int] | None = None,
+    sizes: Sequence[int] | str = "auto",
+    max_size: int | None = None,
+    seed: int = 0,
+    split: str = "compound",
+    recipe: str = "",
+    task_set: str = "selection",
+    progress: bool = False,
+) -> Any:
+    """Build :func:`selection_design` and run it through :func:`mtlc.study.run_design`
+    (resumable; returns its ``RunSummary``)."""
+    from mtlc.study import run_design
+
+    ctx = DesignContext(
+        dataset=ds.name,
+        recipe=recipe,
+        task_set=task_set,
+        split=split,
+        config_hash=str(config.hash()),
+    )
+    design = selection_design(
+        ds,
+        folds,
+        sets,
+        fold_subset=fold_subset,
+        sizes=sizes,
+        max_size=max_size,
+        seed=seed,
+        ctx=ctx,
+    )
+    return run_design(ds, design, store, config, progress=progress, desc="selection")
+
+
+def selection_table(
+    df: pd.DataFrame,
+    *,
+    metric: str = "roc_auc",
+    small_n: int | None = None,
+    estimator_cost: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Compare partner sets: one row per set kind (``top{k}:<name>``, ``random``, ``all``,
+    ``none``), averaged over targets and folds.
+
+    Columns: ``auc_small`` (at ``small_n``, default the smallest size every target has),
+    ``auc_full`` (at each target's largest size), ``auc_mean`` (over the size grid),
+    ``d_small`` / ``d_full`` (minus the ``all`` set, per target and fold, then averaged),
+    ``n_models`` (networks trained), ``train_seconds`` (their summed wall time),
+    ``estimator_seconds`` (from ``estimator_cost``, keyed by estimator name: what computing the
+    ranking cost), ``total_seconds``, ``n_targets``, ``n_partners`` (mean set size).
+    """
+    d = df[(df["regime"] == REGIME) & (df["metric"] == metric) & (df["status"] == "ok")].copy()
+    if d.empty:
+        return pd.DataFrame()
+    d["set"] = d["partner"].astype(str).str.replace(r"^random(\d+):s\d+$", r"random\1", regex=True)
+    if small_n is None:
+        small_n = int(d.groupby("target")["n_task"].min().max())
+    full_n = d.groupby("target")["n_task"].transform("max")
+    keys = ["set", "target", "fold"]
+    at_small = d[d["n_task"] == small_n].groupby(keys)["value"].mean().rename("auc_small")
+    at_full = d[d["n_task"] == full_n].groupby(keys)["value"].mean().rename("auc_full")
+    mean_all = d.groupby(keys)["value"].mean().rename("auc_mean")
+    per = pd.concat([at_small, at_full, mean_all], axis=1).reset_index()
+    if "all" in set(per["set"]):
+        ref = per[per["set"] == "all"].set_index(["target", "fold"])[["auc_small", "auc_full"]]
+        ref = ref.add_suffix("_all")
+        per = per.join(ref, on=["target", "fold"])
+        per["d_small"] = per["auc_small"] - per["auc_small_all"]
+        per["d_full"] = per["auc_full"] - per["auc_full_all"]
+    cost = (
+        d.drop_duplicates("job_id")
+        .groupby("set")
+        .agg(
+            n_models=("job_id", "size"),
+            train_seconds=("train_seconds", "sum"),
+            n_targets=("target", "nunique"),
+        )
+    )
+    jobs = d.drop_duplicates("job_id")
+    ctx_pairs = jobs.groupby("set")["n_context"].mean().rename("n_context_pairs")
+    out = per.groupby("set")[
+        [c for c in per.columns if c.startswith(("auc_", "d_")) and not c.endswith("_all")]
+    ].mean()
+    out = out.join(cost).join(ctx_pairs).reset_index()
+    est = estimator_cost or {}
+    out["estimator_seconds"] = [
+        float(est.get(s.split(":", 1)[1], 0.0)) if s.startswith("top") else 0.0 for s in out["set"]
+    ]
+    out["total_seconds"] = out["train_seconds"] + out["estimator_seconds"]
+    out["small_n"] = small_n
+    order = {"none": 0, "all": 9}
+    out["_o"] = [order.get(s, 5 if s.startswith("random") else 1) for s in out["set"]]
+    return out.sort_values(["_o", "set"]).drop(columns="_o").reset_index(drop=True)
