@@ -49,7 +49,8 @@ Ill-behaved curves never raise: the row carries a ``flag`` string (``;``-separat
 empty when fine). Hard reasons (parameters NaN): ``too_few_points``, ``flat``,
 ``nonpositive_sizes`` (pow3/wbl4), ``negative_sizes``, ``sizes_not_increasing``. Soft reasons
 (parameters reported): ``nonfinite_points:k`` (k points dropped), ``non_monotone``,
-``rate_at_zero``, ``not_converged``.
+``rate_at_zero``, ``not_converged``, ``context_constant:k`` (context column k never varies
+within the curve, so its coefficient is not identified and is NaN).
 """
 
 from __future__ import annotations
@@ -456,6 +457,14 @@ def _fit_batch(
                 th[j], cost[j], cv[j] = t2, c2, s2
             elif c2 <= cost[j]:  # fallback: keep scipy's answer only if it is no worse
                 th[j], cost[j], cv[j] = t2, c2, s2
+        # a transfer coefficient whose size never varies within the curve is not identified
+        # (it merges into b): report NaN and say so instead of a meaningless 0
+        for k in range(1, K):
+            zk = np.where(wo > 0, Zo[:, :, k], np.nan)
+            const = ~(np.nanmax(zk, axis=1) > np.nanmin(zk, axis=1))
+            th[const, 2 + k] = np.nan
+            for jj in np.flatnonzero(const):
+                flags[ok[jj]].append(f"context_constant:{k}")
         names_out[ok] = th
         sse[ok] = _sse(th, Zo, yo, wo, spec.shape, None)
         conv[ok] = cv

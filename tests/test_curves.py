@@ -269,3 +269,11 @@ def test_random_tables_never_raise(seed, n_rows, nan_frac, model, level):
     assert "flag" in out.columns
     if len(out):
         assert out["flag"].map(type).eq(str).all()
+
+
+def test_constant_context_coefficient_is_nan_and_flagged():
+    p = C.predict("exp3", TRUTH["exp3"][0], GRID)
+    fit = C.fit_curve("exp3.2", GRID, p, np.zeros_like(GRID))
+    assert "context_constant:1" in fit.flag
+    assert np.isnan(fit.params["a_S"]) and np.isnan(fit.params["rho_S"])
+    assert fit.params["a"] == pytest.approx(2.0, rel=1e-3)
