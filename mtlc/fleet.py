@@ -78,7 +78,8 @@ def _trainable_bits(X: sp.csr_matrix, compounds: np.ndarray, all_rows: bool) -> 
     if all_rows:
         return np.arange(X.shape[1], dtype=np.int64)
     whole = _Csr(rowptr=X.indptr.astype(np.int64), cidx=X.indices.astype(np.int64))
-    return _nonempty(np.unique(whole.bags(np.asarray(compounds)[None, :], 0)[0]))
+    bits = whole.bags(np.asarray(compounds)[None, :], 0)[0]
+    return _nonempty(np.flatnonzero(np.bincount(bits, minlength=X.shape[1])))
 
 
 def fleet_bytes(n_rows: int, n_heads: int, config: TrainConfig) -> int:
@@ -182,12 +183,7 @@ class _Trainer:
         X = sp.csr_matrix(X)
         xptr, xind = X.indptr.astype(np.int64), X.indices.astype(np.int64)
         whole = _Csr(rowptr=xptr, cidx=xind)
-        bits = [
-            np.arange(nf, dtype=np.int64)
-            if all_rows
-            else _nonempty(np.unique(whole.bags(m.train_compounds[None, :], 0)[0]))
-            for m in models
-        ]
+        bits = [_trainable_bits(X, m.train_compounds, all_rows) for m in models]
         self.R = R = max(len(b) for b in bits)
         dt, dev = self.dt, self.dev
 
@@ -243,6 +239,7 @@ class _Trainer:
         self._gbuf = torch.empty((M * R, hid[0]), dtype=dt, device=dev)
         self._static: tuple | None = None
         self._views: tuple | None = None
+        self._ent: tuple | None = None
 
         self.tr = _stack_csr(tr_rows)
         self.va = _stack_csr(va_rows)
@@ -410,13 +407,16 @@ class _Trainer:
                 n_mi = self.n_tr[mi]
                 perm = np.arange(n_mi) if nb[mi] == 1 else self.order_rng[mi].permutation(n_mi)
                 rows[j, : len(perm)] = self.tr_start[mi] + perm
-            for s in range(int(nb_a.max(initial=0))):
+            n_steps = int(nb_a.max(initial=0))
+            if n_steps:
+                tb = self._epoch_transposed(active, rows, n_steps)
+            for s in range(n_steps):
                 k = int((nb_a > s).sum())
                 blk = rows[:k, s * bs : (s + 1) * bs]
                 sizes = (blk >= 0).sum(1)
                 b = int(sizes.max())
                 blk = blk[:, :b]
-                self._step(blk, active[:k], sizes, b)
+                self._step(blk, active[:k], sizes, b, xt=tb(s, k, b))
                 model_steps[active[:k]] += 1
             epochs[active] = epoch
             vl = self._val_losses(active)
@@ -490,6 +490,74 @@ class _Trainer:
             self._static = (rows, fi, of, xt, n, b)
         return self._static
 
+    def _entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every set bit of every model's training compounds, sorted by (model, compact row).
+
+        Returns (model position in the fleet, compact row, global training row id). Built once
+        per fleet with scipy's linear-time CSR -> CSC conversion per model; dropping stopped
+        models keeps the order, so it never needs sorting again.
+        """
+        if self._ent is None:
+            em, ec, eg = [], [], []
+            for j in range(len(self.models)):
+                a, n = self.tr_start[j], self.n_tr[j]
+                ptr = self.tr.rowptr[a : a + n + 1] - self.tr.rowptr[a]
+                idx = self.tr.cidx[self.tr.rowptr[a] : self.tr.rowptr[a + n]]
+                csc = sp.csr_matrix(
+                    (np.ones(len(idx), np.int8), idx, ptr), shape=(n, self.R)
+                ).tocsc()
+                cnt = np.diff(csc.indptr)
+                em.append(np.full(len(idx), j, dtype=np.int32))
+                ec.append(np.repeat(np.arange(self.R, dtype=np.int32), cnt))
+                eg.append(a + csc.indices.astype(np.int64))
+            self._ent = (np.concatenate(em), np.concatenate(ec), np.concatenate(eg))
+        return self._ent
+
+    def _epoch_transposed(
+        self, active: np.ndarray, rows: np.ndarray, n_steps: int
+    ) -> Callable[[int, int, int], torch.Tensor]:
+        """Per step, the transposed bag matrix ``(k*R, k*b)`` (CSR) of this epoch's batches.
+
+        ``grad W1 = X_b^T @ grad h0`` as one sparse-dense product into a reusable buffer;
+        torch's embedding_bag backward sorts the indices every step and allocates a dense
+        gradient, several times slower. One stable radix sort per epoch (by batch) yields
+        every step's entries already sorted by row.
+        """
+        em, ec, eg = self._entries()
+        pos = np.full(len(self.models), -1, dtype=np.int64)
+        pos[active] = np.arange(len(active))
+        if len(active) < len(self.models):
+            keep = pos[em] >= 0
+            em, ec, eg = em[keep], ec[keep], eg[keep]
+        bs = self.cfg.batch_size
+        n_rows = int(self.tr.rowptr.shape[0] - 1)
+        step_of = np.zeros(n_rows, dtype=np.int16)
+        slot_of = np.zeros(n_rows, dtype=np.int64)
+        valid = rows >= 0
+        q = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)[valid]
+        g = rows[valid]
+        step_of[g] = q // bs
+        slot_of[g] = q % bs
+        es = step_of[eg]
+        order = np.argsort(es, kind="stable")  # radix sort on int16
+        bounds = np.searchsorted(es[order], np.arange(n_steps + 1))
+        epos = pos[em]
+
+        def build(s: int, k: int, b: int) -> torch.Tensor:
+            sl = order[bounds[s] : bounds[s + 1]]
+            r = epos[sl] * self.R + ec[sl]
+            col = epos[sl] * b + slot_of[eg[sl]]
+            crow = np.zeros(k * self.R + 1, dtype=np.int64)
+            np.cumsum(np.bincount(r, minlength=k * self.R), out=crow[1:])
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(crow),
+                torch.from_numpy(col),
+                torch.ones(len(col), dtype=self.dt),
+                size=(k * self.R, k * b),
+            ).to(self.dev)
+
+        return build
+
     def _step(
         self,
         blk: np.ndarray | None,
@@ -497,22 +565,20 @@ class _Trainer:
         sizes: np.ndarray,
         b: int,
         static: tuple | None = None,
+        xt: torch.Tensor | None = None,
     ) -> None:
         k = len(ids)
         rest = [p[:k].detach().requires_grad_() for p in self.params[1:]]
         w1 = self.params[0][:k]
         if static is not None:
             blk, fi, of, xt, _, _ = static
-            with torch.no_grad():
-                h0 = self._first(w1, fi, of, k, b)
-            leaves = [h0.requires_grad_(), *rest]
         else:
             flat_idx, offsets = self.tr.bags(blk, self.R)
             fi = torch.from_numpy(flat_idx).to(self.dev)
             of = torch.from_numpy(offsets).to(self.dev)
-            w1 = w1.detach().requires_grad_()
+        with torch.no_grad():
             h0 = self._first(w1, fi, of, k, b)
-            leaves = [w1, *rest]
+        leaves = [h0.requires_grad_(), *rest]
         masks = self._dropout_masks(ids, sizes, b) if self.cfg.dropout > 0 else None
         logits = self._rest(h0, [w1, *rest], masks=masks)
         sel = torch.from_numpy(blk.ravel()).to(self.dev)
@@ -520,10 +586,9 @@ class _Trainer:
         m = self.tr_m[sel].view(k, b, -1)
         loss = self._loss(logits, y, m).sum()
         grads = list(torch.autograd.grad(loss, leaves))
-        if static is not None:
-            g1 = self._gbuf[: k * self.R]
-            torch.addmm(g1, xt, grads[0].reshape(k * b, -1), beta=0, out=g1)
-            grads[0] = g1.view(k, self.R, -1)
+        g1 = self._gbuf[: k * self.R]
+        torch.addmm(g1, xt, grads[0].reshape(k * b, -1), beta=0, out=g1)
+        grads[0] = g1.view(k, self.R, -1)
         self._adam(k, grads)
 
     def _padded_rows(
