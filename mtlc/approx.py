@@ -468,6 +468,7 @@ def random_design_fit(
     n_boot: int = 200,
     level: float = 0.95,
     runs: int | None = None,
+    c_fixed: float | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Estimate transfer coefficients from random-design runs, with bootstrap intervals.
@@ -477,7 +478,11 @@ def random_design_fit(
     partner, ridge penalty ``ridge * sum_j a_ij^2``) or ``"exp3.2"`` (``a_iS`` on the summed
     context size). Sizes are in samples (rates per 1000 samples, as :mod:`mtlc.curves`).
     ``runs``: use only the first ``runs`` runs of each fold (a cheaper design, for power versus
-    compute). Intervals: percentile bootstrap over networks (the rows of one run move
+    compute). ``c_fixed``: fix the asymptote (e.g. 1.0 for AUC) instead of fitting it; then
+    ``log(c - P) = b - a n_i - sum_j a_ij n_j`` is linear and is solved in closed form (weighted
+    ridge least squares, weights ``(c - P)^2`` as in :mod:`mtlc.curves`): cruder, but stable
+    when the curves are far from their asymptote and a few dozen noisy points cannot separate
+    ``c`` from the rates. Intervals: percentile bootstrap over networks (the rows of one run move
     together), ``n_boot`` replicates fitted in one batched call per target.
 
     Returns one row per (target, source): ``target``, ``source`` (``"S"`` for exp3.2),
@@ -528,11 +533,14 @@ def random_design_fit(
             take = np.concatenate([np.flatnonzero(pos == k) for k in draw])
             reps.append(d.iloc[take].assign(rep=b))
         big = pd.concat(reps, ignore_index=True)
-        fit = fit_curves(
-            big, model, by=["rep"], x="n_task", y="value", context=cols, fold=None,
-            level="pooled", ridge=ridge if model == "multi" else 0.0,
-        )  # fmt: skip
-        fit = fit.set_index("rep").sort_index()
+        if c_fixed is None:
+            fit = fit_curves(
+                big, model, by=["rep"], x="n_task", y="value", context=cols, fold=None,
+                level="pooled", ridge=ridge if model == "multi" else 0.0,
+            )  # fmt: skip
+            fit = fit.set_index("rep").sort_index()
+        else:
+            fit = _fixed_c_fit(big, cols, float(c_fixed), ridge if model == "multi" else 0.0)
         coef_names = [f"a_{c}" for c in cols] if model == "multi" else ["a_S"]
         sources = partners if model == "multi" else ["S"]
         alpha = 1 - level
@@ -568,6 +576,35 @@ def random_design_fit(
     if len(res):
         res["q_pos"] = bh(res["p_pos"].to_numpy())
     return res
+
+
+def _fixed_c_fit(big: pd.DataFrame, cols: list[str], c: float, ridge: float) -> pd.DataFrame:
+    """Per replicate ``rep``: weighted ridge LS of ``log(c - P)`` on ``[1, -n_i, -n_j...]/1000``.
+
+    Returns a frame indexed by ``rep`` with ``a``, ``a_<col>`` and ``flag`` (``"c_fixed"``, plus
+    ``points_above_c:k`` when k points with ``P >= c`` were left out).
+    """
+    names = ["a", *[f"a_{k}" for k in cols]]
+    out = []
+    for rep, d in big.groupby("rep", sort=True):
+        p = d["value"].to_numpy(dtype=np.float64)
+        ok = p < c
+        Xs = d[["n_task", *cols]].to_numpy(dtype=np.float64)[ok] / 1000.0
+        y = np.log(c - p[ok])
+        w = (c - p[ok]) ** 2
+        D = np.column_stack([np.ones(ok.sum()), -Xs])
+        pen = np.zeros(D.shape[1])
+        pen[2:] = ridge  # own rate and intercept unpenalized, as mtlc.curves
+        G = (D * w[:, None]).T @ D + np.diag(pen)
+        try:
+            theta = np.linalg.solve(G, (D * w[:, None]).T @ y)
+        except np.linalg.LinAlgError:
+            theta = np.full(D.shape[1], np.nan)
+        row = dict(zip(names, theta[1:], strict=True))
+        row["rep"] = rep
+        row["flag"] = "c_fixed" + ("" if ok.all() else f";points_above_c:{int((~ok).sum())}")
+        out.append(row)
+    return pd.DataFrame(out).set_index("rep")
 
 
 def pair_matrix(

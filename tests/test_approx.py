@@ -175,6 +175,12 @@ def test_random_design_multi_partner_finds_the_one_true_partner():
     assert A[2, 0] > np.nanmax(np.delete(A[:, 0], [0, 2])) + 1.0
     q = fit.set_index(["source", "target"])["q_pos"]
     assert q[("t2", "t0")] < 0.05
+    # the fixed-asymptote (linear) variant finds the same partner
+    lin = approx.random_design_fit(run, model="multi", ridge=1e-4, n_boot=50, c_fixed=1.0)
+    L = approx.pair_matrix(lin, ["t0", "t1", "t2", "t3"])
+    assert L[2, 0] > 1.0 and L[2, 0] > np.nanmax(np.delete(L[:, 0], [0, 2])) + 0.5
+    assert (lin["flag"] == "c_fixed").all()
+    assert lin.set_index(["source", "target"])["q_pos"][("t2", "t0")] < 0.05
     # only the first 20 runs: fewer points, same table shape
     few = approx.random_design_fit(run, model="multi", runs=20, n_boot=20)
     assert (few["n_points"] == 20).all() and len(few) == len(fit) == 12
