@@ -9,6 +9,7 @@ optimum (and report how close it gets in the benchmark).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -124,8 +125,43 @@ def test_best_of_k_groups_can_overlap():
     assert val == pytest.approx((1 + 0 + 1) / 3)
     # the non-overlapping optimum cannot serve both
     assert group_score(Z, exhaustive_partition(Z, 2)) < 2.0
-    with pytest.raises(ConfigError, match="selections"):
-        best_of_k_groups(np.zeros((12, 12)), 3)
+    with pytest.raises(ConfigError, match="too expensive"):
+        best_of_k_groups(np.zeros((14, 14)), 3)
+
+
+def _brute_best_of_k(Z, k):
+    """The official search: enumerate every selection of up to k candidate groups."""
+    n = len(Z)
+    Zo = np.array(Z, dtype=float)
+    np.fill_diagonal(Zo, 0.0)
+    cands = [g for r in range(2, n + 1) for g in itertools.combinations(range(n), r)]
+    best = -np.inf
+    for s in range(1, k + 1):
+        for sel in itertools.combinations(cands, s):
+            task_best = np.full(n, -np.inf)
+            for g in sel:
+                idx = list(g)
+                recv = Zo[np.ix_(idx, idx)].sum(0) / (len(g) - 1)
+                task_best[idx] = np.maximum(task_best[idx], recv)
+            if np.isfinite(task_best).all():
+                best = max(best, task_best.mean())
+    return best
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 5), k=st.integers(1, 3))
+def test_best_of_k_groups_equals_brute_force(seed, n, k):
+    Z = np.random.default_rng(seed).standard_normal((n, n))
+    groups, val = best_of_k_groups(Z, k)
+    assert val == pytest.approx(_brute_best_of_k(Z, k), abs=1e-9)
+    assert len(groups) <= k
+    assert set().union(*map(set, groups)) == set(range(n))
+
+
+def test_best_of_k_groups_12_tasks_runs():
+    Z, truth = _planted([4, 4, 4], seed=3)
+    groups, _ = best_of_k_groups(Z, 3)
+    assert sorted(groups) == sorted(tuple(np.flatnonzero(truth == g)) for g in range(3))
 
 
 def test_many_tasks_clustering_recovers_planted_groups():
