@@ -19,10 +19,12 @@ replaced in :attr:`ResultsStore.last_read`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,30 @@ class ResultsStore:
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r}, {len(self.parts())} parts)"
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def lock(self, *, wait_message: str | None = None) -> Iterator[None]:
+        """Hold the store's writer lock (``.lock``, an OS file lock) for the ``with`` block.
+
+        Two runs on one store would train the same jobs twice; with the lock the second waits,
+        then skips what the first stored. The OS drops the lock when its holder dies, even by
+        SIGKILL, so a crash never leaves the store locked. Readers do not need the lock.
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if wait_message:
+                    print(wait_message, file=sys.stderr, flush=True)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ files
     def parts(self) -> list[Path]:

@@ -295,3 +295,24 @@ def test_run_study_regimes_with_task_subset(tmp_path, regime, options, n_jobs):
         sizes = json.loads(r["task_sizes"])
         assert r["n_task"] == sizes[r["task"]]
         assert r["n_context"] == sum(sizes.values()) - sizes[r["task"]]
+
+
+def test_second_run_on_a_store_waits_for_the_first(tmp_path, design_setup, capsys):
+    import threading
+
+    ds, folds, ctx = design_setup
+    d = make_design(ds, folds, regime="stl", ctx=ctx, sizes=[16], fold_subset=[0])
+    st = ResultsStore(tmp_path)
+    out = {}
+    with st.lock():
+        th = threading.Thread(
+            target=lambda: out.update(
+                s=run_design(ds, d, st, StandInConfig(), trainer=centroid_trainer, progress=False)
+            )
+        )
+        th.start()
+        time.sleep(0.5)
+        assert th.is_alive() and not st.parts()  # blocked on the lock
+    th.join(timeout=60)
+    assert out["s"].done == len(d)
+    assert "waiting" in capsys.readouterr().err
