@@ -248,10 +248,14 @@ def _fit(
     M: np.ndarray,
     config: TrainConfig,
     seed: int,
+    min_steps: int = 0,
 ) -> dict[str, Any]:
     """Adam on masked BCE with early stopping on an inner validation split (by compound).
 
     Trains ``net`` in place (best epoch kept) and returns epochs, best_epoch, seconds, n_val.
+    ``min_steps``: at least this many optimizer steps are allowed (``max_epochs`` and
+    ``patience`` are stretched by the same factor when an epoch has few batches), so that a
+    target with 16 samples (one batch per epoch) is not stopped after 15 steps.
     """
     t0 = time.perf_counter()
     dev = resolve_device(config.device)
@@ -270,7 +274,11 @@ def _fit(
     rng = np.random.default_rng(s_order)
     best, best_epoch, epoch = float("inf"), 0, 0
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    for epoch in range(1, config.max_epochs + 1):
+    per_epoch = max(1, -(-len(fit_c) // config.batch_size))
+    stretch = max(1.0, min_steps / (per_epoch * config.max_epochs))
+    max_epochs = int(np.ceil(config.max_epochs * stretch))
+    patience = int(np.ceil(config.patience * stretch))
+    for epoch in range(1, max_epochs + 1):
         net.train()
         perm = fit_c[rng.permutation(len(fit_c))]
         for s in range(0, len(perm), config.batch_size):
@@ -288,7 +296,7 @@ def _fit(
         if vl < best:
             best, best_epoch = vl, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
+        elif epoch - best_epoch >= patience:
             break
     net.load_state_dict(best_state)
     net.eval()
@@ -377,12 +385,15 @@ def learn_target(
     mode: str,
     seed: int,
     probe_c: float = 1.0,
+    min_steps: int = 300,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Learn ``target`` from ``train_pairs`` (indices into ``ds.rows``) on top of ``trunk``.
 
     ``mode="probe"``: logistic regression (L2, ``C=probe_c``, lbfgs) on the frozen trunk's
     features; ``mode="finetune"``: the network (trunk from ``trunk``, new head seeded by
-    ``seed``) trained on the target with early stopping. Returns ``(test_y, test_mask,
+    ``seed``) trained on the target with early stopping, allowed at least ``min_steps``
+    optimizer steps (see :func:`_fit`; otherwise small ``n`` is undertrained and every
+    context looks better than scratch). Returns ``(test_y, test_mask,
     scores, info)`` over the test compounds labelled for the target (``(m, 1)`` arrays).
     """
     from sklearn.linear_model import LogisticRegression
@@ -419,7 +430,7 @@ def learn_target(
         }
     else:
         Y, M = _dense(ds, train_pairs, [target], comps)
-        info = _fit(net, ds.X, comps, Y, M, config, seed)
+        info = _fit(net, ds.X, comps, Y, M, config, seed, min_steps=min_steps)
         scores = _features_logits(net, ds.X, test_c)
     return ty, tm, np.asarray(scores, dtype=np.float64).reshape(-1, 1), info
 
@@ -487,6 +498,7 @@ def run_foundation(
     recipe: str = "",
     task_set: str = "foundation",
     probe_c: float = 1.0,
+    min_steps: int = 300,
     threads: int | None = 1,
 ) -> FoundationSummary:
     """Pretrain context trunks and learn each target on top, storing test metrics.
@@ -505,6 +517,7 @@ def run_foundation(
     store: results store (resumable: jobs already stored are skipped, and a context whose jobs
         are all stored is not even pretrained).
     cache: a :class:`TrunkCache` or its directory (None: in memory for this call).
+    min_steps: least optimizer steps a fine-tuned target may take (see :func:`learn_target`).
     threads: torch intra-op threads while training (default 1: these networks are small;
         None leaves torch's setting alone).
 
@@ -546,6 +559,7 @@ def run_foundation(
             task_set=task_set,
             probe_c=probe_c,
             chash=chash,
+            min_steps=min_steps,
             done_ids=done_ids,
             summ=summ,
         )
@@ -571,6 +585,7 @@ def _run(
     task_set,
     probe_c,
     chash,
+    min_steps,
     done_ids,
     summ,
 ) -> None:
@@ -599,6 +614,7 @@ def _run(
                             "partner": ctx,
                             "n_level": int(n),
                             "probe_c": float(probe_c) if mode == "probe" else None,
+                            "min_steps": int(min_steps) if mode == "finetune" else None,
                         }
                         jobs.append((mode, int(n), key, job_id(key, chash)))
                 summ.jobs += len(jobs)
@@ -622,7 +638,9 @@ def _run(
                 rows = []
                 for mode, n, key, jid in todo:
                     pair_idx = pools.take(t, n)
-                    base = {k: v for k, v in key.items() if k not in ("n_level", "probe_c")} | {
+                    base = {
+                        k: v for k, v in key.items() if k not in ("n_level", "probe_c", "min_steps")
+                    } | {
                         "q": float("nan"),
                         "n_level": n,
                         "task": tid,
@@ -656,6 +674,7 @@ def _run(
                         mode=mode,
                         seed=_seed(seed, int(fold), tid, n),
                         probe_c=probe_c,
+                        min_steps=min_steps,
                     )
                     summ.target_seconds += info["seconds"]
                     for r in evaluation_rows(ty, tm, sc, np.array([tid], dtype=object)):
