@@ -483,10 +483,7 @@ class _Trainer:
             flat_idx, offsets = self.tr.bags(rows, self.R)
             fi = torch.from_numpy(flat_idx).to(self.dev)
             of = torch.from_numpy(offsets).to(self.dev)
-            crow = torch.cat([of, torch.tensor([len(flat_idx)], device=self.dev)])
-            vals = torch.ones(len(flat_idx), dtype=self.dt, device=self.dev)
-            xt = torch.sparse_csr_tensor(crow, fi, vals, size=(k * b, k * self.R))
-            xt = xt.t().to_sparse_csr()  # (k*R, k*b)
+            xt = self._epoch_transposed(active, rows, 1)(0, k, b)  # (k*R, k*b)
             self._static = (rows, fi, of, xt, n, b)
         return self._static
 
