@@ -376,7 +376,8 @@ def _exact_lookahead(
     base.index_add_(0, kp, F.binary_cross_entropy_with_logits(zp, yp, reduction="none"))
     base = base.clamp_min(torch.finfo(dtype).tiny)
 
-    Wt = by_rows(Wh[kp])  # head rows per pair, for the dense path
+    head_gemm = 3 * t_max > K  # dense labels: all logits by one GEMM, else per-row products
+    Wt = None if head_gemm else by_rows(Wh[kp])  # head rows per pair, for the dense path
     last = L - 1
     pos_last = (a_list[last] > 0).to(dtype)
     H_below = h_list[last - 1].shape[1] if L > 1 else 0
@@ -438,7 +439,10 @@ def _exact_lookahead(
                 da.baddbmm_(Tt_l.transpose(1, 2), d_ext[li][pi], alpha=-lr)
             dh = torch.maximum(da, neg_a[li], out=out_dh).add_(a_min0[li])
         if path == "dense":
-            dz = rows_to_pairs(torch.einsum("cbh,bht->bct", dh, Wt))  # (C, P)
+            if head_gemm:
+                dz = torch.matmul(dh, Wh.T)[:, bp, kp]  # (C, P)
+            else:
+                dz = rows_to_pairs(torch.einsum("cbh,bht->bct", dh, Wt))  # (C, P)
         else:
             # coefficients of the last layer's lookahead term, (C, r_max, B) layout
             if L == 1:
