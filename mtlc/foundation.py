@@ -75,6 +75,8 @@ __all__ = [
     "summarize_shifts",
     "decompose",
     "n_equivalent",
+    "label_partners",
+    "decomposition_contexts",
 ]
 
 REGIMES = {"probe": "foundation-probe", "finetune": "foundation-finetune"}
@@ -940,3 +942,46 @@ def decompose(shifts: pd.DataFrame, *, stat: str = "delta_n") -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- partners
+def label_partners(
+    ds: MultiTaskDataset, targets: Iterable[str | int], *, min_overlap: int = 30
+) -> dict[str, tuple[str, str]]:
+    """A "related" and an "unrelated" partner per target, from the labels alone.
+
+    ``phi[j, i]`` = mean product of the +-1 activity labels of tasks ``j`` and ``i`` over the
+    compounds both measure (tasks sharing fewer than ``min_overlap`` compounds are left out).
+    The related partner maximizes ``phi``, the unrelated one minimizes ``|phi|``. Returns
+    ``{target id: (related id, unrelated id)}``; raises :class:`ConfigError` for a target that
+    shares ``min_overlap`` compounds with no other task.
+    """
+    L = ds.labels_sparse().tocsc().astype(np.float64)  # +1 active, -1 inactive, 0 unmeasured
+    M = (L != 0).astype(np.float64)
+    overlap = (M.T @ M).toarray()
+    agree = (L.T @ L).toarray()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phi = np.where(overlap >= min_overlap, agree / overlap, np.nan)
+    np.fill_diagonal(phi, np.nan)
+    ids = ds.tasks["task_id"].astype(str).to_numpy()
+    out = {}
+    for t in targets:
+        i = ds.task_index(t) if not isinstance(t, (int, np.integer)) else int(t)
+        col = phi[:, i]
+        if not np.isfinite(col).any():
+            raise ConfigError(
+                f"task {ids[i]!r} shares fewer than {min_overlap} measured compounds with every "
+                "other task; lower min_overlap or name its partners"
+            )
+        rel = int(np.nanargmax(col))
+        unrel = int(np.nanargmin(np.where(np.isfinite(col), np.abs(col), np.nan)))
+        out[str(ids[i])] = (str(ids[rel]), str(ids[unrel]))
+    return out
+
+
+def decomposition_contexts(partners: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The contexts of the decomposition per target: scratch, all, and pair/loo per partner."""
+    return {
+        t: ["scratch", "all", *[f"pair:{p}" for p in ps], *[f"loo:{p}" for p in ps]]
+        for t, ps in partners.items()
+    }

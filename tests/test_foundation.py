@@ -200,3 +200,38 @@ def test_summaries_have_intervals(planted_run):
     ok = s.dropna(subset=["gain_lo"])
     assert len(ok) and (ok["gain_lo"] <= ok["gain"]).all() and (ok["gain"] <= ok["gain_hi"]).all()
     assert (s["n_folds"] == 2).all()
+
+
+def test_label_partners_finds_planted_group(planted):
+    parts = fd.label_partners(planted, ["t00", "t03"], min_overlap=30)
+    groups = planted.truth["groups"]
+    for t, (rel, unrel) in parts.items():
+        i, r = planted.task_index(t), planted.task_index(rel)
+        assert groups[r] == groups[i] and rel != t  # the label agreement finds the group
+        assert unrel != t
+    ctx = fd.decomposition_contexts(parts)
+    assert ctx["t00"][:2] == ["scratch", "all"] and len(ctx["t00"]) == 6
+    with pytest.raises(ConfigError):
+        fd.label_partners(planted, ["t00"], min_overlap=10**6)
+
+
+def test_cli_foundation(tmp_path, capsys):
+    import argparse
+
+    from mtlc.commands import foundation as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "foundation",
+            "--dataset", "synthetic", "--split", "compound", "--targets", "t00",
+            "--contexts", "scratch,pair:t01", "--modes", "probe,finetune", "--folds", "3",
+            "--fold-subset", "0", "--sizes", "16,32", "--hidden", "16", "--epochs", "2",
+            "--device", "cpu", "--store", str(tmp_path / "st"),
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "foundation: 8 jobs" in out and "pair:t01" in out
+    assert (tmp_path / "st_trunks").is_dir()
