@@ -31,6 +31,7 @@ order, dropout), so its numbers do not depend on the fleet it is trained in.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -546,12 +547,14 @@ class _Trainer:
             col = epos[sl] * b + slot_of[eg[sl]]
             crow = np.zeros(k * self.R + 1, dtype=np.int64)
             np.cumsum(np.bincount(r, minlength=k * self.R), out=crow[1:])
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(crow),
-                torch.from_numpy(col),
-                torch.ones(len(col), dtype=self.dt),
-                size=(k * self.R, k * b),
-            ).to(self.dev)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.sparse_csr_tensor(
+                    torch.from_numpy(crow),
+                    torch.from_numpy(col),
+                    torch.ones(len(col), dtype=self.dt),
+                    size=(k * self.R, k * b),
+                ).to(self.dev)
 
         return build
 
