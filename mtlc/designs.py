@@ -275,16 +275,36 @@ def _spec(pools: FoldPools, ctx: DesignContext, sizes: dict[int, int], eval_task
         "task_sizes": json.dumps({str(ids[t]): int(n) for t, n in sorted(sizes.items()) if n > 0}),
     }
     key = {c: key.get(c) for c in KEY_COLUMNS}
-    key["job_id"] = job_id(key, ctx.config_hash)
+    key["job_id"] = job_id(key, f"{ctx.config_hash}|{MODEL_SEEDING}")
     rows, cols = pools.pairs_for(sizes)
     return ModelSpec(
         train_rows=rows,
         train_cols=cols,
         test_compounds=pools.test_compounds,
         eval_tasks=np.asarray(eval_tasks, dtype=np.int64),
-        seed=pools.seed,
+        seed=model_seed(pools.seed, pools.fold, key),
         key=key,
     )
+
+
+#: Version tag of :func:`model_seed`, part of every job id (a change re-trains, never mixes).
+MODEL_SEEDING = "seed-v2"
+
+
+def model_seed(seed: int, fold: int, key: dict[str, Any]) -> int:
+    """The network seed (initial weights, batch order, dropout, inner validation) of a spec.
+
+    Derived from (replicate seed, fold, target task; for ``mtl`` the regime, for ``random`` the
+    run): different across folds and targets, so folds are independent replicates (one shared
+    initialization would make the folds' errors at small n agree, and shrink the fold spread
+    that the tests on transfer coefficients rely on); the same across the sizes of one curve
+    (common random numbers: a curve's points differ by their data, not by their start).
+    """
+    who = key.get("target") or (
+        f"random:{key.get('n_level')}" if key.get("regime") == "random" else "all-tasks"
+    )
+    ss = np.random.SeedSequence([int(seed), int(fold), zlib.crc32(str(who).encode())])
+    return int(ss.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
 
 
 def _base(regime, target, partner, q, n_level, n_task, n_context) -> dict[str, Any]:

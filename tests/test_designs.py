@@ -213,3 +213,13 @@ def test_bad_inputs_raise_config_errors(ds, folds):
         make_design(ds, folds, regime="stl", targets=["zzz"])
     with pytest.raises(ConfigError, match="same task"):
         make_design(ds, folds, regime="pair", pairs=[(0, 0)])
+
+
+def test_model_seeds_differ_across_folds_and_targets_not_sizes(ds, folds):
+    d = make_design(ds, folds, regime="stl", ctx=DesignContext("syn"), sizes=[16, 32])
+    by = {}
+    for s in d:
+        by.setdefault((s.key["fold"], s.key["target"]), set()).add(s.seed)
+    assert all(len(v) == 1 for v in by.values())  # one seed per curve
+    seeds = [next(iter(v)) for v in by.values()]
+    assert len(set(seeds)) == len(seeds)  # independent across folds and tasks
