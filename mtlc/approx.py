@@ -57,6 +57,8 @@ from mtlc.errors import ConfigError, InputTableError
 __all__ = [
     "CurveRun",
     "exact_curves",
+    "exact_pair_curves",
+    "pair_gain_test",
     "incremental_curves",
     "random_design_runs",
     "random_design_fit",
@@ -200,6 +202,97 @@ def exact_curves(
     )
     cost = {"wall_seconds": wall, "networks": float(len(specs)), "forward": fwd, "backward": bwd}
     return CurveRun(table, cost, info={"skipped": skipped, "regime": regime})
+
+
+def exact_pair_curves(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    *,
+    test_folds: Sequence[int] = (0,),
+    tasks: Sequence[str | int] | None = None,
+    config: Any = None,
+    max_size: int | None = None,
+    seed: int = 0,
+) -> CurveRun:
+    """Exact pairwise curves: for every ordered pair (target i, partner j) of ``tasks``, target
+    i at each grid size with partner j at all of its training data, each point from scratch.
+
+    Together with :func:`exact_curves` (``regime="stl"``, the same subsamples of i: partner
+    size 0) this is the reference for a_ij. The table has a ``partner`` column; ``n_context``
+    is the partner's size. ``K (K - 1) x len(grid)`` networks per test fold.
+    """
+    from mtlc.designs import pair
+    from mtlc.training import train_models
+
+    cfg = _config(config)
+    ts = _task_list(ds, tasks)
+    ctx = DesignContext(dataset=ds.name, config_hash=cfg.hash())
+    t0 = time.perf_counter()
+    specs = []
+    pairs = [(i, j) for i in ts for j in ts if i != j]
+    for f in test_folds:
+        pools = FoldPools(ds, folds, int(f), int(seed))
+        specs += pair(pools, ctx, pairs=pairs, max_size=max_size).specs
+    res = train_models(ds, specs, cfg)
+    wall = time.perf_counter() - t0
+    ep = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
+    fwd = bwd = 0
+    for s in specs:
+        n_c = len(np.unique(s.train_rows))
+        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
+        f_, b_ = _passes(
+            n_c - n_val, n_val, len(s.test_compounds), int(ep[s.key["job_id"]]), cfg.batch_size
+        )
+        fwd, bwd = fwd + f_, bwd + b_
+    res = res[res["metric"] == "roc_auc"]
+    table = pd.DataFrame(
+        {
+            "method": "exact_pair",
+            "fold": res["fold"].to_numpy(dtype=np.int64),
+            "task": res["task"].astype(str).to_numpy(),
+            "partner": res["partner"].astype(str).to_numpy(),
+            "n_task": res["n_task"].to_numpy(dtype=np.int64),
+            "n_context": res["n_context"].to_numpy(dtype=np.int64),
+            "value": res["value"].to_numpy(dtype=np.float64),
+            "note": res["note"].fillna("").to_numpy(),
+        }
+    )
+    cost = {"wall_seconds": wall, "networks": float(len(specs)), "forward": fwd, "backward": bwd}
+    return CurveRun(table, cost, info={"n_pairs": len(pairs)})
+
+
+def pair_gain_test(
+    pairs: pd.DataFrame, stl: pd.DataFrame, task_ids: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Model-free test of pairwise transfer from exact curves: paired AUC gains.
+
+    For each (partner j, target i) the gains ``AUC(i with j) - AUC(i alone)`` at the same
+    (fold, size) (same subsample of i) are the replicates of a one-sided t-test of
+    "gain > 0". Returns ``(K, K)`` ``[source, target]`` arrays ``mean`` (mean gain, AUC units),
+    ``p``, ``q`` (Benjamini-Hochberg over the pairs), ``n`` (paired points).
+    """
+    from mtlc.stats import bh
+
+    ids = list(task_ids)
+    idx = {t: k for k, t in enumerate(ids)}
+    m = pairs.merge(
+        stl[["fold", "task", "n_task", "value"]],
+        on=["fold", "task", "n_task"],
+        suffixes=("", "_stl"),
+    )
+    m["gain"] = m["value"] - m["value_stl"]
+    m = m[np.isfinite(m["gain"])]
+    K = len(ids)
+    mean, p, n = (np.full((K, K), np.nan) for _ in range(3))
+    for (tgt, src), d in m.groupby(["task", "partner"]):
+        if tgt not in idx or src not in idx:
+            continue
+        g = d["gain"].to_numpy()
+        a, b = idx[src], idx[tgt]
+        mean[a, b], n[a, b] = g.mean(), len(g)
+        if len(g) >= 2 and g.std(ddof=1) > 0:
+            p[a, b] = float(sps.ttest_1samp(g, 0.0, alternative="greater").pvalue)
+    return {"mean": mean, "p": p, "q": bh(p), "n": n}
 
 
 # ----------------------------------------------------------------------------- incremental

@@ -275,3 +275,32 @@ def test_cost_row():
     row = approx.cost_row("tag", {"wall_seconds": 2, "networks": 1, "forward": 5, "backward": 3})
     assert row == {"method": "tag", "wall_seconds": 2.0, "networks": 1.0, "forward": 5.0,
                    "backward": 3.0}  # fmt: skip
+
+
+def test_exact_pair_curves_and_gain_test(small):
+    from dataclasses import replace
+
+    ds, folds, cfg = small
+    run = approx.exact_pair_curves(
+        ds, folds, test_folds=(0,), config=replace(cfg, max_epochs=2), max_size=23
+    )
+    assert run.cost["networks"] == 6 * 2  # 3 x 2 ordered pairs x sizes 16, 23
+    assert set(run.table["n_task"]) == {16, 23}
+    assert (run.table["task"] != run.table["partner"]).all()
+    # the gain test on hand-made tables: t1 gains from t0 at every point, t0 not from t1
+    stl = pd.DataFrame(
+        {"fold": 0, "task": ["t0"] * 3 + ["t1"] * 3, "n_task": [16, 23, 32] * 2, "value": 0.6}
+    )
+    pairs = pd.DataFrame(
+        {
+            "fold": 0,
+            "task": ["t1"] * 3 + ["t0"] * 3,
+            "partner": ["t0"] * 3 + ["t1"] * 3,
+            "n_task": [16, 23, 32] * 2,
+            "value": [0.70, 0.72, 0.71, 0.59, 0.61, 0.60],
+        }
+    )
+    g = approx.pair_gain_test(pairs, stl, ["t0", "t1"])
+    assert g["mean"][0, 1] == pytest.approx(0.11)  # [source t0, target t1]
+    assert g["p"][0, 1] < 0.01 and g["p"][1, 0] > 0.3
+    assert g["n"][0, 1] == 3 and np.isnan(g["mean"][0, 0])

@@ -11,7 +11,15 @@ import pytest
 
 from mtlc.report import is_number, read_glue
 
-METHODS = ("exact_stl", "exact_mtl", "incremental_stl", "incremental_mtl", "random_design", "tag")
+METHODS = (
+    "exact_stl",
+    "exact_mtl",
+    "exact_pair",
+    "incremental_stl",
+    "incremental_mtl",
+    "random_design",
+    "tag",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +55,8 @@ def test_correlations_are_correlations(g):
         "spearman_Z_vs_truth",
         "kiba_spearman_a_vs_Z",
         "rho_S_spearman_exact_vs_incremental",
+        "spearman_exact_gain_vs_Z",
+        "spearman_exact_gain_vs_a",
     ):
         v = g[k]
         assert v is None or (is_number(v) and (np.isnan(v) or -1 <= v <= 1)), (k, v)
@@ -58,7 +68,7 @@ def test_correlations_are_correlations(g):
 
 def test_planted_pair_detection_reported(g):
     assert g["syn_n_related_pairs"] > 0
-    for m in ("random_design", "random_design_c1", "tag"):
+    for m in ("random_design", "random_design_c1", "exact_pair", "tag"):
         for k in ("tpr", "fpr", "ranking_auc"):
             v = g[f"power_{m}_{k}"]
             assert is_number(v) and 0 <= v <= 1, (m, k, v)
