@@ -144,17 +144,19 @@ def fold_summary(
     has_flag = "flag" in fits.columns
     rows = []
     for prm in params:
-        wide = fits.pivot_table(index=by, columns=fold, values=prm, aggfunc="first", dropna=False)
+        # groupby + unstack keeps only the groups that exist (pivot_table(dropna=False) would
+        # form every combination of the ``by`` levels) and keeps all-NaN groups (counted)
+        wide = fits.groupby([*by, fold], sort=True, dropna=False)[prm].first().unstack(fold)
         keys = wide.index.to_frame(index=False)
         E = wide.to_numpy(dtype=np.float64)
-        n_total = fits.groupby(by, sort=True).size().reindex(wide.index).to_numpy()
+        n_total = fits.groupby(by, sort=True, dropna=False).size().reindex(wide.index).to_numpy()
         ts = t_summary(E, level=level)
         blo, bhi = bootstrap_interval(E, level=level, n_boot=n_boot, seed=seed)
         pw = wilcoxon_p(E) if wilcoxon else np.full(E.shape[0], np.nan)
         if has_flag:
             nflag = (
                 fits.assign(_f=fits["flag"].astype(str) != "")
-                .groupby(by, sort=True)["_f"]
+                .groupby(by, sort=True, dropna=False)["_f"]
                 .sum()
                 .reindex(wide.index)
                 .to_numpy()

@@ -105,3 +105,13 @@ def test_fold_summary_single_fold_is_flagged():
 def test_fold_summary_missing_column():
     with pytest.raises(InputTableError, match="a_ij"):
         S.fold_summary(_fits(), ["a_ij"], by=["task"])
+
+
+def test_fold_summary_two_keys_only_existing_groups():
+    df = _fits().rename(columns={"task": "partner"})
+    df["task"] = np.where(df["partner"].isin(["T0", "T1", "T2"]), "A", "B")
+    df.loc[df.partner == "T4", "a_S"] = np.nan  # a group with no usable fold is kept, counted
+    s = S.fold_summary(df, ["a_S"], by=["task", "partner"], n_boot=100)
+    assert len(s) == 6  # not the 2 x 6 product of the key levels
+    t4 = s[s.partner == "T4"].iloc[0]
+    assert t4["n_folds"] == 0 and t4["n_excluded"] == 10 and np.isnan(t4["estimate"])
