@@ -93,7 +93,9 @@ def test_book_builds_with_warnings_as_errors(tmp_path, in_ci):
         text=True,
         cwd=ROOT,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    problems = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert proc.returncode == 0, "\n".join(problems) or log[-4000:]
     html = tmp_path / "_build" / "html"
     for f in _toc_files():
         page = html / f"{f}.html"
