@@ -208,7 +208,7 @@ def _run_locked(
     dup = [s.key["job_id"] for s in todo if s.key["job_id"] in seen or seen.add(s.key["job_id"])]
     if dup:
         raise ConfigError(f"the design holds {len(dup)} duplicated jobs (e.g. {dup[0]})")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar on stderr (tqdm.auto warns without ipywidgets)
 
     bar = tqdm(
         total=len(todo),
