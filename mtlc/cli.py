@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "mtlc.commands.data",
     "mtlc.commands.train",
     "mtlc.commands.book",
+    "mtlc.commands.foundation",
 )
 
 
