@@ -77,7 +77,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     out = subprocess.run(_cmd(killed), capture_output=True, text=True, check=True)
     assert f"{n_done} already in the store (skipped)" in out.stderr
     assert "0 failed" in out.stderr
-    subprocess.run(_cmd(ref), capture_output=True, text=True, check=True)
+    assert main(["train", *TRAIN, "--store", str(ref)]) == 0  # uninterrupted, in process
     cols = [c for c in SCHEMA if c != "train_seconds"]
     a = st.read()[cols].sort_values(["job_id", "metric"]).reset_index(drop=True)
     b = ResultsStore(ref).read()[cols].sort_values(["job_id", "metric"]).reset_index(drop=True)
