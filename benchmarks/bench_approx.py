@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mtlc import approx
 from mtlc.curves import fit_curves
@@ -37,7 +38,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller data, fewer runs")
     ap.add_argument("--json", help="write the numbers to this file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (tiny networks: 1 is fastest)"
+    )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     q = args.quick
     ds = synthetic(
