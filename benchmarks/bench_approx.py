@@ -11,8 +11,8 @@ On the synthetic data set with planted transfer (groups of related tasks), one t
 3. Cost of each: wall seconds, networks, forward/backward passes (minibatch network
    equivalents).
 
-    .venv/bin/python benchmarks/bench_approx.py            # about 10 min on 2 shared cores
-    .venv/bin/python benchmarks/bench_approx.py --quick    # about 3 min
+    .venv/bin/python benchmarks/bench_approx.py            # a few minutes on 2 shared cores
+    .venv/bin/python benchmarks/bench_approx.py --quick    # about 40 s
     .venv/bin/python benchmarks/bench_approx.py --json out.json
 """
 
