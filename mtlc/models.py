@@ -59,7 +59,9 @@ class SparseBatch:
     def to_dense(self, n_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ``(batch, n_features)`` 0/1 tensor (for tests and reference code)."""
         counts = torch.diff(
-            torch.cat([self.offsets, torch.tensor([self.indices.numel()], device=self.offsets.device)])
+            torch.cat(
+                [self.offsets, torch.tensor([self.indices.numel()], device=self.offsets.device)]
+            )
         )
         row = torch.repeat_interleave(torch.arange(self.size, device=self.offsets.device), counts)
         out = torch.zeros(self.size, n_features, dtype=dtype, device=self.indices.device)
