@@ -131,6 +131,24 @@ def _passes(n_train: int, n_val: int, n_test: int, epochs: int, batch: int) -> t
     return steps + val + test, steps
 
 
+def _fleet_passes(specs: Sequence[Any], res: pd.DataFrame, cfg: Any) -> tuple[int, int]:
+    """(forward, backward) minibatch passes of every network in ``specs``, from the epochs run.
+
+    The inner-validation size follows :func:`mtlc.training.prepare_specs` (a fraction of the
+    model's compounds, at least one, leaving at least one to fit).
+    """
+    epochs = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
+    fwd = bwd = 0
+    for s in specs:
+        n_c = len(np.unique(s.train_rows))
+        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
+        f_, b_ = _passes(
+            n_c - n_val, n_val, len(s.test_compounds), int(epochs[s.key["job_id"]]), cfg.batch_size
+        )
+        fwd, bwd = fwd + f_, bwd + b_
+    return fwd, bwd
+
+
 # ----------------------------------------------------------------------------- exact curves
 def exact_curves(
     ds: MultiTaskDataset,
@@ -171,16 +189,7 @@ def exact_curves(
         skipped += d.skipped
     res = train_models(ds, specs, cfg)
     wall = time.perf_counter() - t0
-    fwd = bwd = 0
-    epochs = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
-    for s in specs:
-        n_c = len(np.unique(s.train_rows))
-        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
-        f_, b_ = _passes(
-            n_c - n_val, n_val, len(s.test_compounds), int(epochs[s.key["job_id"]]), cfg.batch_size
-        )
-        fwd += f_
-        bwd += b_
+    fwd, bwd = _fleet_passes(specs, res, cfg)
     res = res[res["metric"] == "roc_auc"].copy()
     sizes_by_job = {s.key["job_id"]: json.loads(s.key["task_sizes"]) for s in specs}
     n_task, n_ctx = [], []
@@ -235,15 +244,7 @@ def exact_pair_curves(
         specs += pair(pools, ctx, pairs=pairs, max_size=max_size).specs
     res = train_models(ds, specs, cfg)
     wall = time.perf_counter() - t0
-    ep = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
-    fwd = bwd = 0
-    for s in specs:
-        n_c = len(np.unique(s.train_rows))
-        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
-        f_, b_ = _passes(
-            n_c - n_val, n_val, len(s.test_compounds), int(ep[s.key["job_id"]]), cfg.batch_size
-        )
-        fwd, bwd = fwd + f_, bwd + b_
+    fwd, bwd = _fleet_passes(specs, res, cfg)
     res = res[res["metric"] == "roc_auc"]
     table = pd.DataFrame(
         {
@@ -521,15 +522,7 @@ def random_design_runs(
         specs += random_design(pools, ctx, n_runs=n_runs, tasks=ts, max_size=max_size).specs
     res = train_models(ds, specs, cfg)
     wall = time.perf_counter() - t0
-    ep = res.drop_duplicates("job_id").set_index("job_id")["epochs"]
-    fwd = bwd = 0
-    for s in specs:
-        n_c = len(np.unique(s.train_rows))
-        n_val = min(n_c - 1, max(1, round(cfg.val_fraction * n_c))) if cfg.val_fraction else 0
-        f_, b_ = _passes(
-            n_c - n_val, n_val, len(s.test_compounds), int(ep[s.key["job_id"]]), cfg.batch_size
-        )
-        fwd, bwd = fwd + f_, bwd + b_
+    fwd, bwd = _fleet_passes(specs, res, cfg)
     res = res[res["metric"] == "roc_auc"].reset_index(drop=True)
     ids = [str(ds.tasks["task_id"].iloc[t]) for t in ts]
     size_of = {s.key["job_id"]: json.loads(s.key["task_sizes"]) for s in specs}
