@@ -389,7 +389,9 @@ class _Trainer:
         epochs = np.zeros(M, dtype=np.int64)
         model_steps = np.zeros(M, dtype=np.int64)
         losses: list[list[float]] = [[] for _ in range(M)]
-        for epoch in range(1, cfg.max_epochs + 1):
+        budget = np.array([m.epoch_budget(cfg) for m in self.models], dtype=np.int64).reshape(M, 2)
+        e_min, e_max = budget[:, 0], budget[:, 1]
+        for epoch in range(1, int(e_max.max(initial=0)) + 1):
             if len(active) == 0:
                 break
             k_all = len(active)
@@ -429,7 +431,9 @@ class _Trainer:
                 if v < best_loss[mi]:
                     best_loss[mi], best_epoch[mi] = v, epoch
                     improved.append(j)
-                elif epoch - best_epoch[mi] >= cfg.patience:
+                elif epoch >= e_min[mi] and epoch - best_epoch[mi] >= cfg.patience:
+                    stop[j] = True
+                if epoch >= e_max[mi]:  # its whole budget is spent
                     stop[j] = True
             with torch.no_grad():
                 # slice copies run at memcpy speed, unlike index_select; one per run of

@@ -81,9 +81,22 @@ class TrainConfig:
     patience:
         Early stopping: stop after ``patience`` epochs without a strict improvement of the inner
         validation loss; the weights of the best epoch are kept. Never uses the test fold.
+    min_steps:
+        Optimizer steps every model takes at least, whatever its size. A model with ``nb``
+        batches per epoch trains for up to ``max(max_epochs, ceil(min_steps / nb))`` epochs and
+        early stopping cannot stop it before epoch ``ceil(min_steps / nb)`` (patience is counted
+        in epochs as usual after that). Without it a model with n <= ``batch_size`` compounds
+        takes one Adam step per epoch, and small-n learning-curve points measure optimization
+        rather than data. 0 = off (the budget is ``max_epochs`` whatever the size).
     val_fraction:
         Fraction of each model's training *compounds* held out as inner validation (0 turns
-        early stopping off: the model trains ``max_epochs`` and the last epoch is kept).
+        early stopping off: the model trains its whole epoch budget and the last epoch is kept).
+    min_val_compounds:
+        Smallest useful inner validation set. When > 0, a model holds out
+        ``max(min_val_compounds, round(val_fraction * n))`` compounds if it has at least
+        ``3 * min_val_compounds`` training compounds, and otherwise none (no early stopping: it
+        trains its whole budget and keeps the last epoch), because a loss on 1-2 compounds
+        picks the epoch by noise. 0 = the plain rule ``max(1, round(val_fraction * n))``.
     weight_decay:
         L2 penalty added to the gradient (``torch.optim.Adam`` semantics).
     device:
@@ -99,6 +112,8 @@ class TrainConfig:
     max_epochs: int = 25
     patience: int = 5
     val_fraction: float = 0.1
+    min_steps: int = 0
+    min_val_compounds: int = 0
     weight_decay: float = 0.0
     device: str = "auto"
     dtype: str = "float32"
@@ -115,6 +130,8 @@ class TrainConfig:
             )
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ConfigError("TrainConfig.batch_size, max_epochs and patience must be >= 1")
+        if self.min_steps < 0 or self.min_val_compounds < 0:
+            raise ConfigError("TrainConfig.min_steps and min_val_compounds must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
         if self.dtype not in ("float32", "float64"):
@@ -130,9 +147,14 @@ class TrainConfig:
         """Stable 12-hex-digit hash of everything that changes the numbers.
 
         ``device`` is left out: the same config on CPU or CUDA is the same experiment.
+        ``min_steps`` and ``min_val_compounds`` are left out when 0 (off), so configs written
+        before they existed keep their hash (and their cached results).
         """
         d = asdict(self)
         d.pop("device")
+        for k in ("min_steps", "min_val_compounds"):
+            if d[k] == 0:
+                d.pop(k)
         d["hidden"] = list(d["hidden"])
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -197,6 +219,14 @@ class PreparedModel:
 
     def n_batches(self, batch_size: int) -> int:
         return max(1, -(-len(self.train_compounds) // batch_size))
+
+    def epoch_budget(self, config: TrainConfig) -> tuple[int, int]:
+        """``(min_epochs, max_epochs)`` of this model: early stopping may not stop it before
+        ``min_epochs`` (the epochs that make ``config.min_steps`` optimizer steps) and it never
+        trains more than ``max(config.max_epochs, min_epochs)``."""
+        nb = self.n_batches(config.batch_size)
+        e_min = -(-config.min_steps // nb)
+        return e_min, max(config.max_epochs, e_min)
 
 
 @dataclass
@@ -278,7 +308,11 @@ def prepare_specs(
         tasks = np.union1d(np.unique(cols), evt)
         s_split, s_order, s_init, s_drop = _seeds(spec.seed)
         n_val = 0
-        if config.val_fraction > 0 and len(comps) >= 2:
+        mv = config.min_val_compounds
+        if config.val_fraction > 0 and mv > 0:
+            if len(comps) >= 3 * mv:
+                n_val = max(mv, int(round(config.val_fraction * len(comps))))
+        elif config.val_fraction > 0 and len(comps) >= 2:
             n_val = min(len(comps) - 1, max(1, int(round(config.val_fraction * len(comps)))))
         perm = np.random.default_rng(s_split).permutation(len(comps))
         val_c = np.sort(comps[perm[:n_val]])
@@ -445,7 +479,8 @@ def train_reference(
     best_epoch = 0
     losses = []
     epoch = 0
-    for epoch in range(1, config.max_epochs + 1):
+    e_min, e_max = pm.epoch_budget(config)
+    for epoch in range(1, e_max + 1):
         net.train()
         perm = rng.permutation(n)
         for s in range(0, n, config.batch_size):
@@ -465,7 +500,7 @@ def train_reference(
         if vl < best:
             best, best_epoch = vl, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
+        elif epoch >= e_min and epoch - best_epoch >= config.patience:
             break
     net.load_state_dict(best_state)
     net.eval()

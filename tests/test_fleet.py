@@ -42,6 +42,11 @@ CASES = {
     "multi_batch": dict(sizes=[20, 45, 70, 100, 130], cfg=dict(batch_size=16, patience=2)),
     "two_layers": dict(sizes=[50, 90, 60, 70, 40], cfg=dict(batch_size=32, hidden=(24, 12))),
     "weight_decay": dict(sizes=[50, 90, 60, 70, 40], cfg=dict(batch_size=32, weight_decay=1e-3)),
+    # small models get more epochs than max_epochs (min_steps), some have no inner validation
+    "min_steps": dict(
+        sizes=[12, 20, 45, 70, 130],
+        cfg=dict(batch_size=32, patience=1, min_steps=20, min_val_compounds=8),
+    ),
 }
 
 
@@ -64,6 +69,12 @@ def test_fleet_matches_one_at_a_time_float64(ds, case):
         )
     if case == "multi_batch":  # early stopping really happened for some model
         assert any(o.epochs < cfg.max_epochs for o in fl)
+    if case == "min_steps":
+        for pm, o in zip(pms, fl, strict=True):
+            nb = pm.n_batches(cfg.batch_size)
+            assert o.epochs * nb >= cfg.min_steps  # never stopped before min_steps
+            assert o.epochs <= max(cfg.max_epochs, -(-cfg.min_steps // nb))
+        assert max(o.epochs for o in fl) == 20  # one batch per epoch: 20 epochs, not 7
 
 
 def test_multi_head_fleet_matches_reference_float64(ds):

@@ -42,11 +42,23 @@ def test_config_hash_is_stable_and_ignores_device():
     assert TrainConfig(hidden=(256,)).hash() != a.hash()
     assert TrainConfig(hidden=[128]).hash() == a.hash()  # list or tuple: same experiment
     assert TrainConfig(lr=2e-3).hash() != a.hash()
+    # the options added later hash only when on: older configs keep their hash
+    assert TrainConfig(min_steps=0, min_val_compounds=0).hash() == a.hash()
+    assert TrainConfig(min_steps=100).hash() != a.hash()
+    assert TrainConfig(min_val_compounds=8).hash() != a.hash()
 
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(dropout=1.0), dict(val_fraction=1.0), dict(hidden=()), dict(dtype="float16"), dict(lr=0)],
+    [
+        dict(dropout=1.0),
+        dict(val_fraction=1.0),
+        dict(hidden=()),
+        dict(dtype="float16"),
+        dict(lr=0),
+        dict(min_steps=-1),
+        dict(min_val_compounds=-1),
+    ],
 )
 def test_config_rejects_impossible_values(kw):
     with pytest.raises(ConfigError):
@@ -156,3 +168,25 @@ def test_score_task_matches_definition(dtype):
     assert r["roc_auc"] == pytest.approx(np.mean([p > n for p, n in pairs]))
     assert r["n_test_pos"] == 3 and r["n_test_neg"] == 3 and r["note"] == ""
     assert np.isnan(score_task(y, np.full(6, np.nan, dtype=dtype))["roc_auc"])
+
+
+def test_min_val_compounds_rule(ds):
+    """Inner validation of at least min_val_compounds, or none below 3x that many compounds."""
+    cfg = TrainConfig(val_fraction=0.1, min_val_compounds=8)
+    pms = prepare_specs(ds, stl_specs(ds, [23, 24, 40, 100]), cfg)
+    n_val = [len(pm.val_compounds) for pm in pms]
+    assert n_val == [0, 8, 8, 10]
+    old = prepare_specs(ds, stl_specs(ds, [20, 24]), TrainConfig(val_fraction=0.1))
+    assert [len(pm.val_compounds) for pm in old] == [2, 2]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_min_steps_trains_small_models_longer(ds, dtype):
+    """A model with one batch per epoch takes min_steps steps; a big one keeps max_epochs."""
+    cfg = TrainConfig(**FAST | dict(min_steps=12, min_val_compounds=8, dtype=dtype))
+    df = train_models(ds, stl_specs(ds, [16, 30, 90, 90]), cfg)
+    ep = df[df.metric == "roc_auc"].groupby("n_train_pairs")["epochs"].max()
+    assert ep.loc[16] == 12  # 16 compounds, no validation: the whole 12-step budget
+    assert ep.loc[22] >= 12  # 30 compounds, 8 held out: 1 batch per epoch, >= 12 epochs
+    # 90 compounds, 9 held out: 81 -> 3 batches per epoch, 4 epochs = 12 steps
+    assert ep.loc[81] <= 4
