@@ -552,6 +552,9 @@ SMOKE: dict[str, Any] = {
     # Pinned (not the TrainConfig defaults) so that the cache stays valid when defaults change.
     # Batch 64: at n = 16..256 a batch of 256 gives one Adam step per epoch, and the curves
     # would measure optimization more than data (benchmarks/bench_sklearn.py shows the effect).
+    # min_steps = 100: even at batch 64 a model with n <= 64 took one step per epoch (~13 steps
+    # in all); 100 steps lift single-task AUC by 0.03-0.05 at n = 16..64 and 200-400 add nothing
+    # (benchmarks/bench_min_steps.py). min_val_compounds = 8: no early stopping on 1-2 compounds.
     "config": {
         "hidden": (128,),
         "batch_size": 64,
@@ -560,6 +563,8 @@ SMOKE: dict[str, Any] = {
         "lr": 1e-3,
         "dropout": 0.2,
         "val_fraction": 0.1,
+        "min_steps": 100,
+        "min_val_compounds": 8,
     },
 }
 
