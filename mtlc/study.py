@@ -570,8 +570,13 @@ SMOKE: dict[str, Any] = {
 
 
 def cache_dir() -> Path:
-    """Where cached studies live: ``$MTLC_CACHE`` or ``<repo>/.cache/mtlc`` (else ~/.cache/mtlc)."""
-    env = os.environ.get("MTLC_CACHE")
+    """Where cached smoke studies live: ``$MTLC_STUDY_CACHE`` or ``<repo>/.cache/mtlc``.
+
+    Trained results stay with the checkout (a fresh clone retrains them), unlike the
+    content-keyed derived data of :func:`mtlc.datasets._files.cache_dir` (fingerprints,
+    scaffolds; ``$MTLC_CACHE_DIR``), which any checkout may share.
+    """
+    env = os.environ.get("MTLC_STUDY_CACHE")
     if env:
         return Path(env)
     try:
