@@ -113,12 +113,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--q", default="0.25,0.5,1", help="context regime: fractions of the others")
     p.add_argument("--n-runs", type=int, default=10, help="random regime: runs per fold and seed")
     p.add_argument("--store", required=True, help="results store directory")
-    p.add_argument("--chunk-size", type=int, default=64, help="models per part file")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=256,
+        help="models per fleet and per part file (a kill loses at most one chunk)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="train failed jobs again")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--hidden", default=None, help="trunk widths, e.g. 256 or 512,256")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="optimizer steps every model takes at least (small-n models; 100 recommended)",
+    )
+    p.add_argument(
+        "--min-val-compounds",
+        type=int,
+        default=None,
+        help="smallest inner validation set; smaller models train without early stopping",
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -136,6 +153,10 @@ def _config(args: argparse.Namespace) -> Any:
         kw["batch_size"] = args.batch_size
     if args.device is not None:
         kw["device"] = args.device
+    if args.min_steps is not None:
+        kw["min_steps"] = args.min_steps
+    if args.min_val_compounds is not None:
+        kw["min_val_compounds"] = args.min_val_compounds
     if args.hidden is not None:
         kw["hidden"] = tuple(_int_list(args.hidden, "--hidden"))
     try:
