@@ -105,18 +105,6 @@ def cost_row(method: str, cost: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def _task_list(ds: MultiTaskDataset, tasks: Sequence[str | int] | None) -> list[int]:
-    if tasks is None:
-        return list(range(ds.n_tasks))
-    out = []
-    for t in tasks:
-        try:
-            out.append(ds.task_index(t))
-        except (KeyError, IndexError):
-            raise ConfigError(f"unknown task {t!r} for data set {ds.name!r}") from None
-    return out
-
-
 def _config(config: Any) -> Any:
     from mtlc.training import TrainConfig
 
@@ -175,7 +163,7 @@ def exact_curves(
     if regime not in ("stl", "mtl"):
         raise ConfigError(f"exact_curves: regime must be 'stl' or 'mtl', got {regime!r}")
     cfg = _config(config)
-    ts = _task_list(ds, tasks)
+    ts = ds.task_indices(tasks)
     ctx = DesignContext(dataset=ds.name, config_hash=cfg.hash())
     t0 = time.perf_counter()
     specs, skipped = [], []
@@ -234,7 +222,7 @@ def exact_pair_curves(
     from mtlc.training import train_models
 
     cfg = _config(config)
-    ts = _task_list(ds, tasks)
+    ts = ds.task_indices(tasks)
     ctx = DesignContext(dataset=ds.name, config_hash=cfg.hash())
     t0 = time.perf_counter()
     specs = []
@@ -446,7 +434,7 @@ def incremental_curves(
     pat = int(cfg.patience if patience is None else patience)
     if eps < 1 or pat < 1:
         raise ConfigError("epochs_per_stage and patience must be >= 1")
-    ts = _task_list(ds, tasks)
+    ts = ds.task_indices(tasks)
     lookup = ds.labels_sparse().tocsr()
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -513,7 +501,7 @@ def random_design_runs(
     from mtlc.training import train_models
 
     cfg = _config(config)
-    ts = _task_list(ds, tasks)
+    ts = ds.task_indices(tasks)
     ctx = DesignContext(dataset=ds.name, config_hash=cfg.hash())
     t0 = time.perf_counter()
     specs = []

@@ -248,18 +248,6 @@ def _sizes_for(
     return req[req <= available], req[req > available].tolist()
 
 
-def _resolve_tasks(ds: MultiTaskDataset, tasks: Iterable[str | int] | None) -> list[int]:
-    if tasks is None:
-        return list(range(ds.n_tasks))
-    out = []
-    for t in tasks:
-        try:
-            out.append(ds.task_index(t))
-        except (KeyError, IndexError) as exc:
-            raise ConfigError(f"unknown task {t!r} for {ds.name!r}: {exc}") from None
-    return out
-
-
 def _spec(pools: FoldPools, ctx: DesignContext, sizes: dict[int, int], eval_tasks, key: dict):
     from mtlc.training import ModelSpec
 
@@ -331,7 +319,7 @@ def stl(
 ) -> Design:
     """Single-task design: one network per (target task, size); only the target is labelled."""
     d = Design()
-    for t in _resolve_tasks(pools.ds, targets):
+    for t in pools.ds.task_indices(targets):
         grid, too_large = _sizes_for(
             int(pools.available[t]), sizes, start=start, ratio=ratio, max_size=max_size
         )
@@ -363,7 +351,7 @@ def pair(
     """
     d = Design()
     for a, b in pairs:
-        i, j = _resolve_tasks(pools.ds, [a, b])
+        i, j = pools.ds.task_indices([a, b])
         if i == j:
             raise ConfigError(f"pair ({a!r}, {b!r}) names the same task twice")
         ti, tj = str(pools.task_ids[i]), str(pools.task_ids[j])
@@ -412,7 +400,7 @@ def mtl(
     (or ``max_size``), so the last level trains every task on all of its data.
     """
     d = Design()
-    ts = _resolve_tasks(pools.ds, tasks)
+    ts = pools.ds.task_indices(tasks)
     avail = pools.available[ts]
     top = int(avail.max()) if len(ts) else 0
     if isinstance(sizes, str):
@@ -447,11 +435,11 @@ def context(
     pairs of j's nested order (the same compounds whatever the target).
     """
     d = Design()
-    all_ts = _resolve_tasks(pools.ds, tasks)
+    all_ts = pools.ds.task_indices(tasks)
     for q in qs:
         if not 0.0 <= float(q) <= 1.0:
             raise ConfigError(f"context fractions q must be in [0, 1], got {q}")
-    for t in _resolve_tasks(pools.ds, targets):
+    for t in pools.ds.task_indices(targets):
         tid = str(pools.task_ids[t])
         grid, too_large = _sizes_for(
             int(pools.available[t]), sizes, start=start, ratio=ratio, max_size=max_size
@@ -484,7 +472,7 @@ def random_design(
     of each run is in ``key["task_sizes"]``; ``n_level`` holds the run index.
     """
     d = Design()
-    ts = _resolve_tasks(pools.ds, tasks)
+    ts = pools.ds.task_indices(tasks)
     grids = []
     for t in ts:
         g, _ = _sizes_for(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from mtlc.errors import InputTableError
+from mtlc.errors import ConfigError, InputTableError
 
 
 @dataclass
@@ -188,6 +189,21 @@ class MultiTaskDataset:
         if len(hits) == 0:
             raise KeyError(f"no task {task!r} in {self.name!r}")
         return int(hits[0])
+
+    def task_indices(self, tasks: Iterable[str | int] | None = None) -> list[int]:
+        """Indices of ``tasks`` (ids or indices; None = every task), in the order given.
+
+        An unknown task is a :class:`~mtlc.errors.ConfigError` naming it and the data set.
+        """
+        if tasks is None:
+            return list(range(self.n_tasks))
+        out = []
+        for t in tasks:
+            try:
+                out.append(self.task_index(t))
+            except (KeyError, IndexError) as exc:
+                raise ConfigError(f"unknown task {t!r} for {self.name!r}: {exc}") from None
+        return out
 
     # ------------------------------------------------------------------ subsetting
     def subset(
