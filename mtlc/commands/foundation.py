@@ -13,7 +13,6 @@ def _list(text: str | None) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from mtlc import foundation as fd
     from mtlc.splits import kfold
@@ -65,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     if len(df) and (df["context"] == "scratch").any():
         s = fd.summarize_shifts(fd.context_shifts(df))
         cols = ["regime", "context", "gain", "multiplier", "rho"]
-        print(s.groupby(["regime", "context"])[cols[2:]].agg(np.nanmedian).round(3).to_string())
+        print(s.groupby(["regime", "context"])[cols[2:]].median().round(3).to_string())
     return 0
 
 
