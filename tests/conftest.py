@@ -44,3 +44,18 @@ def in_ci() -> bool:
 def executed():
     """The :func:`executed_notebook` helper, as a fixture: ``executed("01_data") -> Path``."""
     return executed_notebook
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module on one torch thread, then restore the count.
+
+    Tiny networks gain nothing from a second thread on the shared 2-core machine; it only
+    contends with the other xdist worker.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

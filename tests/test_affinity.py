@@ -16,14 +16,7 @@ from mtlc.datasets._core import MultiTaskDataset
 from mtlc.errors import ConfigError
 from mtlc.models import MultiTaskNet, SparseBatch, masked_bce
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids oversubscription on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(

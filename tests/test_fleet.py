@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from _training_data import all_task_spec, stl_specs, toy
 
 import mtlc.fleet as fleet
@@ -21,13 +20,7 @@ def _auc(pm, scores) -> np.ndarray:
     return np.array(out)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny networks: thread start-up costs more than it saves on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
