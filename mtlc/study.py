@@ -156,6 +156,8 @@ def run_design(
     progress: bool = True,
     trainer: Callable[..., pd.DataFrame] | None = None,
     desc: str = "training",
+    scheduler: str | None = None,
+    n_workers: int | None = None,
 ) -> RunSummary:
     """Train the specs the store does not hold yet and append their results, chunk by chunk.
 
@@ -170,10 +172,31 @@ def run_design(
     retry_failed: train again jobs recorded as failed.
     progress: a tqdm bar with ETA on stderr.
     trainer: the training function (default ``mtlc.training.train_models``).
+    scheduler: None (default) trains in this process; ``"local"`` (a local Dask cluster of
+        ``n_workers`` processes) or a Dask scheduler address (``"tcp://host:8786"``) trains the
+        chunks on Dask workers, see :func:`mtlc.distributed.run_design_dask` (same store, same
+        resume semantics, same numbers).
+    n_workers: workers of the local Dask cluster (``scheduler="local"`` only).
 
     Returns a :class:`RunSummary`. Per spec: a one-class training subsample of the target, or
     an exception while training it, is stored as a failed row with the reason.
     """
+    if scheduler is not None:
+        from mtlc.distributed import run_design_dask
+
+        return run_design_dask(
+            ds,
+            specs,
+            store,
+            config,
+            scheduler=scheduler,
+            n_workers=n_workers,
+            chunk_size=chunk_size,
+            retry_failed=retry_failed,
+            progress=progress,
+            trainer=trainer,
+            desc=desc,
+        )
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     if ds.X is None:  # a data-set problem, not a per-job failure: stop before any job
         raise MtlcError(f"data set {ds.name!r} has no features; load it with features=True")
@@ -363,6 +386,8 @@ def run_study(
     progress: bool = True,
     dataset_kwargs: dict[str, Any] | None = None,
     trainer: Callable[..., pd.DataFrame] | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
     **design_options: Any,
 ) -> RunSummary:
     """Load, select tasks, split, build one regime's design and run it into ``store``.
@@ -370,7 +395,8 @@ def run_study(
     With a task subset (``tasks``) the data set is restricted to those tasks first, so the
     all-task regimes train on the selected tasks only (recorded as ``task_set``).
     ``design_options`` go to the regime's builder (e.g. ``qs`` for ``context``, ``pairs`` and
-    ``partner_sizes`` for ``pair``, ``n_runs`` for ``random``).
+    ``partner_sizes`` for ``pair``, ``n_runs`` for ``random``). ``scheduler`` and
+    ``n_workers``: run on Dask, see :func:`run_design`.
     """
     if regime not in REGIMES:
         raise ConfigError(f"unknown regime {regime!r}; known: {', '.join(REGIMES)}")
@@ -416,6 +442,8 @@ def run_study(
         progress=progress,
         trainer=trainer,
         desc=f"{ds.name} {split} {regime}",
+        scheduler=scheduler,
+        n_workers=n_workers,
     )
 
 
