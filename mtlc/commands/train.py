@@ -120,6 +120,21 @@ def register(subparsers: Any) -> None:
         help="models per fleet and per part file (a kill loses at most one chunk)",
     )
     p.add_argument("--retry-failed", action="store_true", help="train failed jobs again")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="local|tcp://HOST:PORT",
+        help="train the chunks on Dask: 'local' starts a local cluster of --workers processes, "
+        "an address uses a running scheduler (e.g. one started by dask-jobqueue); results go to "
+        "the same store, written by this process only. Default: train in this process. Needs "
+        "pip install 'mtlc[dask]'",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of --scheduler local, one thread each (default: the cores)",
+    )
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--hidden", default=None, help="trunk widths, e.g. 256 or 512,256")
@@ -172,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--folds must be at least 2, got {args.folds}")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.workers is not None and args.scheduler != "local":
+        raise ConfigError(
+            "--workers sizes the local Dask cluster: use it with --scheduler local (a remote "
+            "scheduler has its own workers)"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options: dict[str, Any] = {"start": args.min_size, "ratio": args.ratio}
     if args.regime == "pair":
         if not args.pairs:
@@ -207,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         dataset_kwargs=dataset_kwargs,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
         **options,
     )
     print(f"mtlc train: {summary}", file=sys.stderr)
