@@ -45,7 +45,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -471,14 +471,19 @@ class FoundationSummary:
         )
 
 
-def _sizes(available: int, sizes: str | Sequence[int], max_size: int | None) -> list[int]:
+def _sizes(
+    available: int,
+    sizes: str | Sequence[int],
+    max_size: int | None,
+    ratio: float = 2**0.5,
+) -> list[int]:
     from mtlc.splits import size_grid
 
     cap = available if max_size is None else min(available, int(max_size))
     if isinstance(sizes, str):
         if sizes != "auto":
             raise ConfigError(f"sizes must be 'auto' or a list of integers, got {sizes!r}")
-        return [int(s) for s in size_grid(cap)] if cap >= 1 else []
+        return [int(s) for s in size_grid(cap, ratio=ratio)] if cap >= 1 else []
     return sorted({int(s) for s in sizes if 0 < int(s) <= cap})
 
 
@@ -502,6 +507,8 @@ def run_foundation(
     probe_c: float = 1.0,
     min_steps: int = 300,
     threads: int | None = 1,
+    size_ratio: float = 2**0.5,
+    pretrain_epochs: int | None = None,
 ) -> FoundationSummary:
     """Pretrain context trunks and learn each target on top, storing test metrics.
 
@@ -522,6 +529,12 @@ def run_foundation(
     min_steps: least optimizer steps a fine-tuned target may take (see :func:`learn_target`).
     threads: torch intra-op threads while training (default 1: these networks are small;
         None leaves torch's setting alone).
+    size_ratio: ratio of the ``"auto"`` size grid (default sqrt(2); 2 halves the number of
+        sizes, and so the fine-tuning cost, keeping the smallest and the full size).
+    pretrain_epochs: ``max_epochs`` of the context pretraining only (None: ``config``'s).
+        Pretraining many tasks is cheap and converges later than one target's fine-tuning
+        (KIBA, all 200 other tasks: best epoch about 27); stored jobs record it (their ids
+        change only when it is set, so stores made without it stay valid).
 
     A size whose target subsample has one class only is not trained and is recorded as a
     failed row (reason in ``note``), as the learning-curve runner does.
@@ -543,6 +556,9 @@ def run_foundation(
     fold_ids = sorted(set(np.asarray(folds).tolist())) if fold_subset is None else list(fold_subset)
     done_ids = store.done_job_ids()
     summ = FoundationSummary()
+    pre_config = (
+        config if pretrain_epochs is None else replace(config, max_epochs=int(pretrain_epochs))
+    )
     with _threads(threads):
         _run(
             ds,
@@ -552,8 +568,11 @@ def run_foundation(
             contexts=contexts,
             sizes=sizes,
             max_size=max_size,
+            size_ratio=float(size_ratio),
             modes=modes,
             config=config,
+            pre_config=pre_config,
+            pretrain_epochs=pretrain_epochs,
             store=store,
             cache=cache,
             split=split,
@@ -578,8 +597,11 @@ def _run(
     contexts,
     sizes,
     max_size,
+    size_ratio,
     modes,
     config,
+    pre_config,
+    pretrain_epochs,
     store,
     cache,
     split,
@@ -597,7 +619,7 @@ def _run(
         for t in tgt_idx:
             tid = str(tids[t])
             ctx_list = contexts.get(tid, ()) if isinstance(contexts, Mapping) else contexts
-            grid = _sizes(int(pools.available[t]), sizes, max_size)
+            grid = _sizes(int(pools.available[t]), sizes, max_size, size_ratio)
             for ctx in ctx_list:
                 ctasks = context_tasks(ds, t, ctx)
                 n_ctx = int(sum(pools.available[j] for j in ctasks))
@@ -618,6 +640,9 @@ def _run(
                             "probe_c": float(probe_c) if mode == "probe" else None,
                             "min_steps": int(min_steps) if mode == "finetune" else None,
                         }
+                        if pretrain_epochs is not None:
+                            # only when set: job ids of stores made without it stay valid
+                            key["pretrain_epochs"] = int(pretrain_epochs)
                         jobs.append((mode, int(n), key, job_id(key, chash)))
                 summ.jobs += len(jobs)
                 todo = [j for j in jobs if j[3] not in done_ids]
@@ -625,7 +650,7 @@ def _run(
                 if not todo:
                     continue
                 state, pinfo = pretrain_trunk(
-                    ds, pools, ctasks, config, seed=seed, cache=cache, split=split
+                    ds, pools, ctasks, pre_config, seed=seed, cache=cache, split=split
                 )
                 if ctasks:
                     if pinfo["cached"]:
@@ -641,7 +666,9 @@ def _run(
                 for mode, n, key, jid in todo:
                     pair_idx = pools.take(t, n)
                     base = {
-                        k: v for k, v in key.items() if k not in ("n_level", "probe_c", "min_steps")
+                        k: v
+                        for k, v in key.items()
+                        if k not in ("n_level", "probe_c", "min_steps", "pretrain_epochs")
                     } | {
                         "q": float("nan"),
                         "n_level": n,

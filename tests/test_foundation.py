@@ -235,3 +235,33 @@ def test_cli_foundation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "foundation: 8 jobs" in out and "pair:t01" in out
     assert (tmp_path / "st_trunks").is_dir()
+
+
+def test_size_ratio_and_pretrain_epochs(planted, tmp_path):
+    """The auto grid follows ``size_ratio``; ``pretrain_epochs`` bounds pretraining only and
+    enters the job ids only when set (stores made without it keep their ids)."""
+    ds = planted
+    folds = kfold(ds, n_folds=3, seed=0)
+    cfg = TrainConfig(hidden=(16,), max_epochs=15, patience=50, batch_size=128, device="cpu")
+    kw = dict(
+        targets=["t00"],
+        contexts=["scratch", "pair:t01"],
+        folds=folds,
+        fold_subset=[0],
+        sizes="auto",
+        max_size=128,
+        modes=("probe",),
+        config=cfg,
+    )
+    a = fd.run_foundation(ds, **kw, size_ratio=2.0, pretrain_epochs=3, store=tmp_path / "a")
+    df = fd.read_foundation(tmp_path / "a")
+    assert sorted(df["n_task"].unique()) == [16, 32, 64, 128]
+    trained = [p for p in a.pretrain if p["context"] == "pair:t01"]
+    assert trained and trained[0]["epochs"] == 3  # patience 50 would let 15 run
+    b = fd.run_foundation(ds, **kw, size_ratio=2.0, store=tmp_path / "a")
+    assert b.skipped == 0 and b.done == b.jobs == a.jobs  # other ids: not mistaken for stored
+    assert [p["epochs"] for p in b.pretrain if p["context"] == "pair:t01"] == [15]
+    fd.run_foundation(ds, **kw, store=tmp_path / "c")  # default sqrt(2) grid
+    assert sorted(fd.read_foundation(tmp_path / "c")["n_task"].unique()) == [
+        16, 23, 32, 45, 64, 91, 128
+    ]  # fmt: skip

@@ -41,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         hidden=tuple(int(h) for h in _list(args.hidden)),
         max_epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
         device=args.device,
     )
     summ = fd.run_foundation(
@@ -58,6 +60,9 @@ def _run(args: argparse.Namespace) -> int:
         cache=args.cache or f"{args.store.rstrip('/')}_trunks",
         split=args.split,
         recipe=str(ds.info.get("recipe", "")),
+        min_steps=args.min_steps,
+        size_ratio=args.size_ratio,
+        pretrain_epochs=args.pretrain_epochs,
     )
     print(summ)
     df = fd.read_foundation(args.store)
@@ -93,6 +98,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-size", type=int, default=None)
     p.add_argument("--hidden", default="256")
     p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--pretrain-epochs", type=int, default=None, help="default: --epochs")
+    p.add_argument("--min-steps", type=int, default=300, help="least fine-tuning steps")
+    p.add_argument("--size-ratio", type=float, default=2**0.5, help="ratio of the auto grid")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", required=True, help="results store directory")
