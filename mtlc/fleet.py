@@ -43,7 +43,14 @@ import torch.nn.functional as F
 from mtlc.models import resolve_device
 from mtlc.training import PreparedModel, TrainConfig, TrainOutcome, batch_order, init_weights
 
-__all__ = ["train_fleets", "train_fleet", "plan_fleets", "fleet_bytes"]
+__all__ = [
+    "train_fleets",
+    "train_fleet",
+    "plan_fleets",
+    "fleet_bytes",
+    "fleet_memory",
+    "FleetStats",
+]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
@@ -52,8 +59,8 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 class _Csr:
     """Rows of several models' compound lists in compact first-layer coordinates."""
 
-    rowptr: np.ndarray  # (n_rows + 1,) int64
-    cidx: np.ndarray  # (nnz,) int64 compact row of each set bit (within its model)
+    rowptr: np.ndarray  # (n_rows + 1,) int64 (int32 for a data set's own CSR)
+    cidx: np.ndarray  # (nnz,) int32 compact row of each set bit (within its model)
 
     def bags(self, rows2d: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """Embedding-bag inputs for a ``(k, B)`` block of row ids (-1 = padding, empty bag).
@@ -74,22 +81,112 @@ class _Csr:
         return self.cidx[idx] + shift, offsets
 
 
+def _whole(X: sp.csr_matrix) -> _Csr:
+    """The data set's CSR as a :class:`_Csr` (views of its own arrays: no int64 copies)."""
+    return _Csr(rowptr=X.indptr, cidx=X.indices)
+
+
 def _trainable_bits(X: sp.csr_matrix, compounds: np.ndarray, all_rows: bool) -> np.ndarray:
     """Columns set in any of ``compounds`` (all columns when ``all_rows``)."""
     if all_rows:
         return np.arange(X.shape[1], dtype=np.int64)
-    whole = _Csr(rowptr=X.indptr.astype(np.int64), cidx=X.indices.astype(np.int64))
-    bits = whole.bags(np.asarray(compounds)[None, :], 0)[0]
+    bits = _whole(X).bags(np.asarray(compounds)[None, :], 0)[0]
     return _nonempty(np.flatnonzero(np.bincount(bits, minlength=X.shape[1])))
 
 
+@dataclass(frozen=True)
+class FleetStats:
+    """Sizes of one model that decide its fleet's memory (see :func:`fleet_memory`).
+
+    ``n_rows``: trainable first-layer rows; ``n_heads``: heads; ``n_train``/``n_val``/``n_test``:
+    compounds; ``nnz_train``/``nnz_val``/``nnz_test``: set fingerprint bits over those compounds.
+    """
+
+    n_rows: int
+    n_heads: int
+    n_train: int
+    n_val: int
+    n_test: int
+    nnz_train: int
+    nnz_val: int
+    nnz_test: int
+
+    @classmethod
+    def of(cls, X: sp.csr_matrix, m: PreparedModel, n_rows: int) -> FleetStats:
+        cnt = np.diff(X.indptr)
+        return cls(
+            n_rows=int(n_rows),
+            n_heads=m.n_heads,
+            n_train=len(m.train_compounds),
+            n_val=len(m.val_compounds),
+            n_test=len(m.test_compounds),
+            nnz_train=int(cnt[m.train_compounds].sum()),
+            nnz_val=int(cnt[m.val_compounds].sum()),
+            nnz_test=int(cnt[m.test_compounds].sum()),
+        )
+
+
 def fleet_bytes(n_rows: int, n_heads: int, config: TrainConfig) -> int:
-    """Approximate bytes of trainable state for one model (params, grads, 2 Adam moments, best)."""
+    """Bytes of one model's trainable state: parameters, best snapshot and the two Adam
+    moments (4 copies of every parameter) plus the first layer's gradient buffer."""
     h = config.hidden
     n = n_rows * h[0] + h[0] + sum(a * b + b for a, b in zip(h[:-1], h[1:], strict=True))
     n += h[-1] * n_heads + n_heads
     item = 4 if config.dtype == "float32" else 8
-    return 5 * n * item
+    return (4 * n + n_rows * h[0]) * item
+
+
+def fleet_memory(stats: Sequence[FleetStats], config: TrainConfig) -> dict[str, int]:
+    """Estimated peak bytes of one fleet's buffers, by kind (and ``"total"``).
+
+    Counts everything :class:`_Trainer` allocates that grows with the fleet:
+
+    - ``state``: per model, 4 copies of every parameter (weights, best snapshot, two Adam
+      moments) at the fleet's width ``R`` (the widest model's trainable rows) and ``T`` heads,
+      plus the first layer's gradient buffer ``(R, H0)``;
+    - ``labels``: int8 label codes ``(n_train + n_val, T)`` of every model;
+    - ``bits``: compact set bits of train/val/test compounds (int32) and row pointers (int64);
+    - ``frozen``: precomputed first-layer sums of frozen rows for validation and test compounds
+      ``(n, H0)``, plus the float64 parts they are assembled from;
+    - ``entries``: the per-fleet (model, row, compound) list of training bits and the per-epoch
+      sort of it that builds the sparse gradient matrices;
+    - ``step``: one training step's activations, dropout masks, labels, gradients and sparse
+      transposed batch matrix for all models at once;
+    - ``eval``: one validation/test block (bounded by construction).
+
+    The inputs (the data set, the prepared models) are the caller's and are not counted.
+    """
+    cfg = config
+    item = 4 if cfg.dtype == "float32" else 8
+    M = len(stats)
+    if M == 0:
+        return {"total": 0}
+    R = max(s.n_rows for s in stats)
+    T = max(s.n_heads for s in stats)
+    h0 = cfg.hidden[0]
+    n_tr = sum(s.n_train for s in stats)
+    n_va = sum(s.n_val for s in stats)
+    n_te = sum(s.n_test for s in stats)
+    nnz_tr = sum(s.nnz_train for s in stats)
+    b = min(cfg.batch_size, max(s.n_train for s in stats))
+    widths = sum(cfg.hidden)
+    out = {
+        "state": M * fleet_bytes(R, T, cfg),
+        "labels": (n_tr + n_va + 2) * T,
+        "bits": 4 * (nnz_tr + sum(s.nnz_val + s.nnz_test for s in stats))
+        + 8 * (n_tr + n_va + n_te + 3),
+        "frozen": (n_va + n_te + 2) * h0 * (item + 16),
+        # em, ec, eg (int32 each) + per epoch: sort order (int64), step ids (int16), row maps
+        "entries": nnz_tr * (12 + 8 + 2) + n_tr * 10,
+        # per model and batch slot: ~8 live (k, b, H) tensors per hidden layer (pre-activation,
+        # ReLU, dropout mask, masked, their gradients) and ~8 (k, b, T) ones (logits, codes,
+        # labels, mask, loss terms, gradients); the transposed batch matrix holds ~60 bits per
+        # compound (int64 column + value) and a row pointer per trainable row
+        "step": M * b * (8 * widths + 8 * T) * item + M * b * 60 * (8 + item) + M * R * 8,
+        "eval": 2_000_000 * (4 * item + 8) + 2_000_000 // h0 * T * (8 + 3 * item),
+    }
+    out["total"] = sum(out.values())
+    return out
 
 
 def plan_fleets(
@@ -97,14 +194,21 @@ def plan_fleets(
     models: Sequence[PreparedModel],
     config: TrainConfig,
     *,
-    max_bytes: int = 1_500_000_000,
+    max_bytes: int | None = None,
     max_models: int = 512,
+    bits: Sequence[np.ndarray] | None = None,
 ) -> list[list[int]]:
     """Group model positions into fleets: same number of heads, similar batch counts and widths.
 
     Within a head count, models are sorted by (batches per epoch, trainable rows), then cut into
-    consecutive chunks that respect ``max_bytes`` of trainable state and ``max_models``.
+    consecutive chunks whose estimated memory (:func:`fleet_memory`, every buffer of the fleet)
+    stays within ``max_bytes`` (default ``config.memory_budget_mb`` MB) and ``max_models``.
+    A model whose estimate alone exceeds the budget still trains, in a fleet of its own.
+    ``bits``: the models' trainable first-layer rows, when already known.
     """
+    budget = config.memory_budget_mb * 2**20 if max_bytes is None else int(max_bytes)
+    if bits is None:
+        bits = [_trainable_bits(X, m.train_compounds, config.weight_decay > 0) for m in models]
     groups: dict[int, list[int]] = {}
     for i, m in enumerate(models):
         groups.setdefault(m.n_heads, []).append(i)
@@ -112,20 +216,20 @@ def plan_fleets(
     for _, idx in sorted(groups.items()):
         info = []
         for i in idx:
-            m = models[i]
-            r = len(_trainable_bits(X, m.train_compounds, config.weight_decay > 0))
-            info.append((-m.n_batches(config.batch_size), -r, i, r))
+            r = len(bits[i])
+            info.append((-models[i].n_batches(config.batch_size), -r, i, r))
         info.sort()
         cur: list[int] = []
-        cur_r = 0
+        cur_stats: list[FleetStats] = []
         for _, _, i, r in info:
-            width = max(cur_r, r)
-            need = fleet_bytes(width, models[i].n_heads, config) * (len(cur) + 1)
-            if cur and (need > max_bytes or len(cur) >= max_models):
+            st = FleetStats.of(X, models[i], r)
+            if cur and (
+                len(cur) >= max_models or fleet_memory([*cur_stats, st], config)["total"] > budget
+            ):
                 fleets.append(cur)
-                cur, width = [], r
+                cur, cur_stats = [], []
             cur.append(i)
-            cur_r = width
+            cur_stats.append(st)
         if cur:
             fleets.append(cur)
     return fleets
@@ -137,12 +241,17 @@ def train_fleets(
     config: TrainConfig,
     *,
     progress: Callable[[int], None] | None = None,
-    max_bytes: int = 1_500_000_000,
+    max_bytes: int | None = None,
 ) -> list[TrainOutcome]:
-    """Train all prepared models, fleet by fleet; outcomes in the order of ``models``."""
+    """Train all prepared models, fleet by fleet; outcomes in the order of ``models``.
+
+    ``max_bytes``: memory budget per fleet (default ``config.memory_budget_mb`` MB).
+    """
+    X = sp.csr_matrix(X)
+    bits = [_trainable_bits(X, m.train_compounds, config.weight_decay > 0) for m in models]
     out: list[TrainOutcome | None] = [None] * len(models)
-    for fleet in plan_fleets(X, models, config, max_bytes=max_bytes):
-        res = train_fleet(X, [models[i] for i in fleet], config)
+    for fleet in plan_fleets(X, models, config, max_bytes=max_bytes, bits=bits):
+        res = train_fleet(X, [models[i] for i in fleet], config, bits=[bits[i] for i in fleet])
         for i, r in zip(fleet, res, strict=True):
             out[i] = r
         if progress is not None:
@@ -171,7 +280,13 @@ def _fused_adam_available(dev: torch.device, dt: torch.dtype) -> bool:
 class _Trainer:
     """One fleet's state and loop (see the module docstring)."""
 
-    def __init__(self, X: sp.csr_matrix, models: Sequence[PreparedModel], config: TrainConfig):
+    def __init__(
+        self,
+        X: sp.csr_matrix,
+        models: Sequence[PreparedModel],
+        config: TrainConfig,
+        bits: Sequence[np.ndarray] | None = None,
+    ):
         self.cfg = config
         self.dev = resolve_device(config.device)
         self.dt = config.torch_dtype
@@ -182,9 +297,9 @@ class _Trainer:
         self.T = T = max(m.n_heads for m in models)
         all_rows = config.weight_decay > 0
         X = sp.csr_matrix(X)
-        xptr, xind = X.indptr.astype(np.int64), X.indices.astype(np.int64)
-        whole = _Csr(rowptr=xptr, cidx=xind)
-        bits = [_trainable_bits(X, m.train_compounds, all_rows) for m in models]
+        whole = _whole(X)
+        if bits is None:
+            bits = [_trainable_bits(X, m.train_compounds, all_rows) for m in models]
         self.R = R = max(len(b) for b in bits)
         dt, dev = self.dt, self.dev
 
@@ -216,7 +331,7 @@ class _Trainer:
                 c = lut[ind]
                 keep = c >= 0
                 kept = np.diff(_ptr(keep, ptr))
-                rows.append((c[keep], kept))
+                rows.append((c[keep].astype(np.int32), kept))
                 if fz is not None:
                     if (~keep).any():
                         # frozen rows keep their initial values: sum them once, in float64
@@ -253,23 +368,29 @@ class _Trainer:
         self.te_start = np.concatenate([[0], np.cumsum(n_te)])[:-1]
         self.n_tr, self.n_va, self.n_te = n_tr, n_va, n_te
 
-        def lab(ys: list[np.ndarray]) -> torch.Tensor:
-            # one extra all-zero row at the end: padding row id -1 picks it
-            padded = [np.pad(y, ((0, 0), (0, T - y.shape[1]))) for y in ys]
-            return torch.as_tensor(
-                np.concatenate([*padded, np.zeros((1, T))]), dtype=dt, device=dev
-            )
+        def lab(codes: list[np.ndarray]) -> torch.Tensor:
+            # int8 label codes (0 unlabelled, 1 inactive, 2 active), one byte per cell; one
+            # extra all-zero row at the end: padding row id -1 picks it
+            out = np.zeros((sum(len(c) for c in codes) + 1, T), dtype=np.int8)
+            a = 0
+            for c in codes:
+                out[a : a + len(c), : c.shape[1]] = c
+                a += len(c)
+            return torch.from_numpy(out).to(dev)
 
-        self.tr_y = lab([m.train_y for m in models])
-        self.tr_m = lab([m.train_mask for m in models])
-        self.va_y = lab([m.val_y for m in models])
-        self.va_m = lab([m.val_mask for m in models])
-        self.frozen_val = torch.as_tensor(
-            np.concatenate([*frozen_val, np.zeros((1, hid[0]))]), dtype=dt, device=dev
-        )
-        self.frozen_test = torch.as_tensor(
-            np.concatenate([*frozen_test, np.zeros((1, hid[0]))]), dtype=dt, device=dev
-        )
+        self.tr_lab = lab([m.train_lab for m in models])
+        self.va_lab = lab([m.val_lab for m in models])
+
+        def stack(parts: list[np.ndarray]) -> torch.Tensor:
+            out = torch.zeros((sum(len(p) for p in parts) + 1, hid[0]), dtype=dt, device=dev)
+            a = 0
+            for p in parts:
+                out[a : a + len(p)] = torch.from_numpy(p)
+                a += len(p)
+            return out
+
+        self.frozen_val = stack(frozen_val)
+        self.frozen_test = stack(frozen_test)
         self.drop_gen = [np.random.default_rng(m.dropout_seed) for m in models]
         self.order_rng = [batch_order(m.order_seed, len(m.train_compounds)) for m in models]
 
@@ -317,6 +438,13 @@ class _Trainer:
             if masks is not None:
                 h = h * masks[1 + i]
         return torch.baddbmm(ps[-1].unsqueeze(1), h, ps[-2])
+
+    def _labels(
+        self, codes: torch.Tensor, rows: np.ndarray, k: int, b: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """0/1 labels and mask ``(k, b, T)`` of a ``(k, b)`` block of row ids (-1 = padding)."""
+        c = codes[torch.from_numpy(rows.ravel()).to(self.dev)].view(k, b, -1)
+        return (c == 2).to(self.dt), (c > 0).to(self.dt)
 
     @staticmethod
     def _loss(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -511,7 +639,7 @@ class _Trainer:
                 cnt = np.diff(csc.indptr)
                 em.append(np.full(len(idx), j, dtype=np.int32))
                 ec.append(np.repeat(np.arange(self.R, dtype=np.int32), cnt))
-                eg.append(a + csc.indices.astype(np.int64))
+                eg.append((a + csc.indices).astype(np.int32))
             self._ent = (np.concatenate(em), np.concatenate(ec), np.concatenate(eg))
         return self._ent
 
@@ -543,12 +671,13 @@ class _Trainer:
         es = step_of[eg]
         order = np.argsort(es, kind="stable")  # radix sort on int16
         bounds = np.searchsorted(es[order], np.arange(n_steps + 1))
-        epos = pos[em]
+        del es
 
         def build(s: int, k: int, b: int) -> torch.Tensor:
             sl = order[bounds[s] : bounds[s + 1]]
-            r = epos[sl] * self.R + ec[sl]
-            col = epos[sl] * b + slot_of[eg[sl]]
+            ep = pos[em[sl]]
+            r = ep * self.R + ec[sl]
+            col = ep * b + slot_of[eg[sl]]
             crow = np.zeros(k * self.R + 1, dtype=np.int64)
             np.cumsum(np.bincount(r, minlength=k * self.R), out=crow[1:])
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
@@ -585,9 +714,7 @@ class _Trainer:
         leaves = [h0.requires_grad_(), *rest]
         masks = self._dropout_masks(ids, sizes, b) if self.cfg.dropout > 0 else None
         logits = self._rest(h0, [w1, *rest], masks=masks)
-        sel = torch.from_numpy(blk.ravel()).to(self.dev)
-        y = self.tr_y[sel].view(k, b, -1)
-        m = self.tr_m[sel].view(k, b, -1)
+        y, m = self._labels(self.tr_lab, blk, k, b)
         loss = self._loss(logits, y, m).sum()
         grads = list(torch.autograd.grad(loss, leaves))
         g1 = self._gbuf[: k * self.R]
@@ -618,9 +745,7 @@ class _Trainer:
             rows = self._padded_rows(ids, self.va_start, self.n_va, 0, vmax)
             ps = [p[a : a + len(ids)] for p in self.params]
             logits = self._eval_block(ps, self.va, rows, self.frozen_val)
-            sel = torch.from_numpy(rows.ravel()).to(self.dev)
-            y = self.va_y[sel].view(len(ids), vmax, -1)
-            m = self.va_m[sel].view(len(ids), vmax, -1)
+            y, m = self._labels(self.va_lab, rows, len(ids), vmax)
             out[a : a + len(ids)] = self._loss(logits, y, m).double().cpu().numpy()
         return out
 
@@ -678,16 +803,25 @@ def _stack_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> _Csr:
     counts = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
     rowptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=rowptr[1:])
-    return _Csr(rowptr=rowptr, cidx=cidx.astype(np.int64))
+    return _Csr(rowptr=rowptr, cidx=cidx.astype(np.int32, copy=False))
 
 
 def train_fleet(
-    X: sp.csr_matrix, models: Sequence[PreparedModel], config: TrainConfig
+    X: sp.csr_matrix,
+    models: Sequence[PreparedModel],
+    config: TrainConfig,
+    *,
+    bits: Sequence[np.ndarray] | None = None,
 ) -> list[TrainOutcome]:
-    """Train one fleet of prepared models together; outcomes in the order of ``models``."""
+    """Train one fleet of prepared models together; outcomes in the order of ``models``.
+
+    ``bits``: the models' trainable first-layer rows when already known (as ``plan_fleets``
+    computes them).
+    """
     nb = np.array([m.n_batches(config.batch_size) for m in models])
     order = np.argsort(-nb, kind="stable")  # most batches first: active models form a prefix
-    res = _Trainer(X, [models[i] for i in order], config).run()
+    b_sorted = None if bits is None else [bits[i] for i in order]
+    res = _Trainer(X, [models[i] for i in order], config, bits=b_sorted).run()
     out: list[TrainOutcome] = [None] * len(models)  # type: ignore[list-item]
     for j, i in enumerate(order):
         out[i] = res[j]

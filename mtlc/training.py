@@ -103,6 +103,13 @@ class TrainConfig:
         ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ...
     dtype:
         ``"float32"`` (study) or ``"float64"`` (tests).
+    memory_budget_mb:
+        Memory budget of one fleet of models trained together, in MiB: every buffer the fleet
+        allocates (parameters and Adam state, label codes, bit lists, step activations; see
+        :func:`mtlc.fleet.fleet_memory`), not the data set itself. Fleets are cut to fit; it
+        changes how models are grouped, never their numbers (not part of :meth:`hash`). The
+        default, 1024, keeps a kiba or kinase200 training process (about 1 GB of data set and
+        runtime) under 2.5 GB at a small cost in speed (``benchmarks/README.md``).
     """
 
     hidden: tuple[int, ...] = (128,)
@@ -117,6 +124,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     device: str = "auto"
     dtype: str = "float32"
+    memory_budget_mb: int = 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -134,6 +142,10 @@ class TrainConfig:
             raise ConfigError("TrainConfig.min_steps and min_val_compounds must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if self.memory_budget_mb < 1:
+            raise ConfigError(
+                f"TrainConfig.memory_budget_mb must be >= 1 (MiB), got {self.memory_budget_mb}"
+            )
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(
                 f"TrainConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}"
@@ -146,12 +158,14 @@ class TrainConfig:
     def hash(self) -> str:
         """Stable 12-hex-digit hash of everything that changes the numbers.
 
-        ``device`` is left out: the same config on CPU or CUDA is the same experiment.
+        ``device`` and ``memory_budget_mb`` are left out: the same config on CPU or CUDA, in
+        bigger or smaller fleets, is the same experiment (same numbers).
         ``min_steps`` and ``min_val_compounds`` are left out when 0 (off), so configs written
         before they existed keep their hash (and their cached results).
         """
         d = asdict(self)
         d.pop("device")
+        d.pop("memory_budget_mb")
         for k in ("min_steps", "min_val_compounds"):
             if d[k] == 0:
                 d.pop(k)
@@ -191,21 +205,23 @@ class PreparedModel:
     """A spec resolved against a data set: what a trainer needs, in local coordinates.
 
     ``tasks`` (T,) are the dataset task indices of the model's heads (sorted union of training
-    and evaluation tasks). Label matrices are dense ``(n, T)`` float with a 0/1 mask of the
-    labelled pairs. Seeds are derived from the spec seed, one stream per purpose.
+    and evaluation tasks). Labels are stored as dense ``(n, T)`` int8 *codes* (0 = unlabelled,
+    1 = inactive, 2 = active; one byte per cell instead of the 8 of a float32 label plus a float32
+    mask, which matters for all-task models: 201 heads x 45,000 compounds); the properties
+    ``train_y``/``train_mask`` (and ``val_``, ``test_``) give the float32 ``(n, T)`` 0/1 label
+    and mask matrices on demand. ``test_lab`` has one column per *evaluation* task
+    (``eval_local`` maps them to heads). Seeds are derived from the spec seed, one stream per
+    purpose.
     """
 
     index: int
     tasks: np.ndarray
     train_compounds: np.ndarray
-    train_y: np.ndarray
-    train_mask: np.ndarray
+    train_lab: np.ndarray
     val_compounds: np.ndarray
-    val_y: np.ndarray
-    val_mask: np.ndarray
+    val_lab: np.ndarray
     test_compounds: np.ndarray
-    test_y: np.ndarray
-    test_mask: np.ndarray
+    test_lab: np.ndarray
     eval_local: np.ndarray
     order_seed: int
     init_seed: int
@@ -216,6 +232,31 @@ class PreparedModel:
     @property
     def n_heads(self) -> int:
         return len(self.tasks)
+
+    # float32 views of the label codes, built on demand (reference loop, evaluation, tests)
+    @property
+    def train_y(self) -> np.ndarray:
+        return (self.train_lab == 2).astype(np.float32)
+
+    @property
+    def train_mask(self) -> np.ndarray:
+        return (self.train_lab > 0).astype(np.float32)
+
+    @property
+    def val_y(self) -> np.ndarray:
+        return (self.val_lab == 2).astype(np.float32)
+
+    @property
+    def val_mask(self) -> np.ndarray:
+        return (self.val_lab > 0).astype(np.float32)
+
+    @property
+    def test_y(self) -> np.ndarray:
+        return (self.test_lab == 2).astype(np.float32)
+
+    @property
+    def test_mask(self) -> np.ndarray:
+        return (self.test_lab > 0).astype(np.float32)
 
     def n_batches(self, batch_size: int) -> int:
         return max(1, -(-len(self.train_compounds) // batch_size))
@@ -247,14 +288,6 @@ def _seeds(seed: int) -> tuple[int, int, int, int]:
     return tuple(int(k.generate_state(1, dtype=np.uint32)[0]) for k in kids)  # type: ignore[return-value]
 
 
-def _dense_labels(
-    lookup: sp.csr_matrix, compounds: np.ndarray, tasks: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dense (n, T) labels and mask from a CSR of 1 = active, -1 = inactive, 0 = unmeasured."""
-    sub = lookup[compounds][:, tasks].toarray()
-    return (sub > 0).astype(np.float32), (sub != 0).astype(np.float32)
-
-
 def prepare_specs(
     ds: MultiTaskDataset, specs: Sequence[ModelSpec], config: TrainConfig
 ) -> list[PreparedModel]:
@@ -265,10 +298,11 @@ def prepare_specs(
     """
     if ds.X is None:
         raise ConfigError(f"data set {ds.name!r} has no features; featurize it first")
-    lookup = ds.labels_sparse().tocsr()
     key_all = ds.rows.astype(np.int64) * ds.n_tasks + ds.cols.astype(np.int64)
     order = np.argsort(key_all, kind="stable")
     key_sorted = key_all[order]
+    y_sorted = (np.asarray(ds.y)[order] == 1).astype(np.int64)
+    test_codes = _TestLabels(ds)
     out = []
     for i, spec in enumerate(specs):
         rows = np.asarray(spec.train_rows, dtype=np.int64)
@@ -319,40 +353,73 @@ def prepare_specs(
         tr_c = np.sort(comps[perm[n_val:]])
         # Only the spec's pairs are labels for this model (not every label the data set holds).
         local = np.searchsorted(tasks, cols)
-        spec_lab = sp.csr_matrix(
-            (np.where(lookup[rows, cols].A1 > 0, 1, -1).astype(np.int8), (rows, local)),
-            shape=(ds.n_compounds, len(tasks)),
-        )
-        all_t = np.arange(len(tasks))
-        ty, tm = _dense_labels(spec_lab, tr_c, all_t)
-        vy, vm = _dense_labels(spec_lab, val_c, all_t)
+        code = (1 + y_sorted[pos]).astype(np.int8)  # 1 inactive, 2 active
+        is_val = np.zeros(ds.n_compounds, dtype=bool)
+        is_val[val_c] = True
+        v = is_val[rows]
+        tl = np.zeros((len(tr_c), len(tasks)), dtype=np.int8)
+        tl[np.searchsorted(tr_c, rows[~v]), local[~v]] = code[~v]
+        vl = np.zeros((len(val_c), len(tasks)), dtype=np.int8)
+        vl[np.searchsorted(val_c, rows[v]), local[v]] = code[v]
         # Test: labelled compounds of the evaluation tasks only.
-        ey, em = _dense_labels(lookup, test, evt)
-        keep = em.any(axis=1)
-        test_c = test[keep]
+        test_c, el = test_codes(test, evt)
         eval_local = np.searchsorted(tasks, evt)
         out.append(
             PreparedModel(
                 index=i,
                 tasks=tasks,
                 train_compounds=tr_c,
-                train_y=ty,
-                train_mask=tm,
+                train_lab=tl,
                 val_compounds=val_c,
-                val_y=vy,
-                val_mask=vm,
+                val_lab=vl,
                 test_compounds=test_c,
-                test_y=ey[keep],
-                test_mask=em[keep],
+                test_lab=el,
                 eval_local=eval_local,
                 order_seed=s_order,
                 init_seed=s_init,
                 dropout_seed=s_drop,
-                n_train_pairs=int(tm.sum()),
-                n_val_pairs=int(vm.sum()),
+                n_train_pairs=int((~v).sum()),
+                n_val_pairs=int(v.sum()),
             )
         )
     return out
+
+
+class _TestLabels:
+    """Test-fold label codes of evaluation tasks, from per-task columns built once per call.
+
+    Returns the sorted test compounds labelled in any of the tasks and their ``(n, E)`` int8
+    codes; equal to slicing the dense label matrix, without building it per spec.
+    """
+
+    def __init__(self, ds: MultiTaskDataset) -> None:
+        order = np.lexsort((ds.rows, ds.cols))
+        self.comp = ds.rows[order].astype(np.int64)
+        self.code = (1 + (np.asarray(ds.y)[order] == 1)).astype(np.int8)
+        self.ptr = np.searchsorted(ds.cols[order], np.arange(ds.n_tasks + 1))
+        self.n = ds.n_compounds
+        self._test: np.ndarray | None = None
+        self._is_test = np.zeros(self.n, dtype=bool)
+
+    def __call__(self, test: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._test is None or not np.array_equal(test, self._test):
+            # specs of one fold share their test set: the mask is rebuilt only when it changes
+            self._is_test[:] = False
+            self._is_test[test] = True
+            self._test = test
+        cs, ks, js = [], [], []
+        for j, t in enumerate(tasks):
+            c = self.comp[self.ptr[t] : self.ptr[t + 1]]
+            inside = self._is_test[c]
+            cs.append(c[inside])
+            ks.append(self.code[self.ptr[t] : self.ptr[t + 1]][inside])
+            js.append(np.full(int(inside.sum()), j, dtype=np.int64))
+        c = np.concatenate(cs) if cs else np.zeros(0, dtype=np.int64)
+        comps = np.unique(c)
+        out = np.zeros((len(comps), len(tasks)), dtype=np.int8)
+        if len(c):
+            out[np.searchsorted(comps, c), np.concatenate(js)] = np.concatenate(ks)
+        return comps, out
 
 
 def init_weights(
@@ -386,13 +453,13 @@ def train_models(
     config: TrainConfig,
     *,
     progress: Callable[[int], None] | None = None,
-    max_fleet_bytes: int = 1_500_000_000,
+    max_fleet_bytes: int | None = None,
 ) -> pd.DataFrame:
     """Train every spec and evaluate it on its test fold.
 
-    Specs with the same number of heads are stacked into fleets (:mod:`mtlc.fleet`), each fleet
-    at most ``max_fleet_bytes`` of trainable state. Returns a long table with one row per
-    (spec, eval task, metric): the spec's ``key`` columns, then :data:`RESULT_COLUMNS`
+    Specs with the same number of heads are stacked into fleets (:mod:`mtlc.fleet`), each
+    within ``max_fleet_bytes`` of estimated memory (default ``config.memory_budget_mb`` MiB).
+    Returns a long table with one row per (spec, eval task, metric): the spec's ``key`` columns, then :data:`RESULT_COLUMNS`
     (``task`` is the task id string, ``metric`` is ``"roc_auc"`` or ``"avg_precision"``,
     ``value`` is NaN with a ``note`` when undefined, ``train_seconds`` is the model's share of
     its fleet's wall time, proportional to the optimizer steps it took).
