@@ -12,7 +12,7 @@ PROFILE ?= smoke
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all venv executed html book test lab lint format clean distclean
+.PHONY: all venv executed html book test study lab lint format clean distclean
 # Prerequisites are ordered steps (install, execute, build, test), never parallel ones,
 # even under `make -j`.
 .NOTPARALLEL:
@@ -43,6 +43,13 @@ test: venv executed html
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken" >&2; fi; \
 	exit $$rc
+
+# The paper-scale study (mtlc/study_plan.py), stage by stage into results/; every stage skips the
+# jobs already stored, so rerunning resumes. STUDY_ARGS passes options to `mtlc study`, e.g.
+# STUDY_ARGS=--list (status, no training), STUDY_ARGS="--only 'kiba-*'", STUDY_ARGS="--verify 12".
+STUDY_ARGS ?=
+study: $(STAMP)
+	$(BIN)/mtlc study --profile full $(STUDY_ARGS)
 
 # JupyterLab on the project kernel (new notebooks default to "mtlc (.venv)"), files from the top.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)

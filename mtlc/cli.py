@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "mtlc.commands.train",
     "mtlc.commands.book",
     "mtlc.commands.foundation",
+    "mtlc.commands.study",
 )
 
 

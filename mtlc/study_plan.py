@@ -1,0 +1,223 @@
+"""The paper-scale study as data: the stages ``mtlc study`` runs, in order.
+
+Each profile is a list of stages. A stage is a dict with
+
+``name``
+    unique, used by ``mtlc study --only NAME``;
+``what``
+    one line for ``mtlc study --list``;
+``command``
+    the ``mtlc`` sub-command and its arguments, **without** ``--store`` (``None`` when the
+    stage has no command-line entry point yet: it is listed and reported, never silently
+    skipped);
+``store``
+    the results-store directory the stage writes, relative to the output root (the repository
+    for the full profile);
+``measured``
+    what one run cost on this machine once known (wall seconds, peak resident memory in GB,
+    models, failed jobs, date, how it was run), else ``None``;
+``note``
+    why a stage has no command, or how it was measured.
+
+Every command is resumable (it skips the jobs already in its store), so ``mtlc study`` reruns
+a plan from the top after an interruption and only the unfinished work is done. The smoke
+profile is the same plan on tiny inputs (a few tasks, one fold, two sizes, two epochs); its
+``synthetic`` stages stand in for kinase200, whose first (cold) load alone takes about 24 s.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["PROFILES", "plan", "stage_names"]
+
+# The exact-curve runs of the kiba study (results/README.md): full size grid, one seed.
+_CURVES = ["--folds", "10", "--sizes", "auto", "--seeds", "1"]
+_CURVES += ["--min-steps", "100", "--min-val-compounds", "8"]
+_KIBA_WHEN = "2026-11-22, both splits side by side, one torch thread each (results/README.md)"
+
+
+def _curve_stages(dataset: str, store: str, measured: dict[tuple[str, str], Any]) -> list[dict]:
+    out = []
+    for split in ("compound", "scaffold"):
+        for regime in ("stl", "mtl"):
+            out.append(
+                {
+                    "name": f"{dataset}-{split}-{regime}",
+                    "what": f"{dataset} exact learning curves, {split} split, "
+                    + ("single-task" if regime == "stl" else "all-task"),
+                    "command": [
+                        "train",
+                        "--dataset",
+                        dataset,
+                        "--split",
+                        split,
+                        *_CURVES,
+                        "--regime",
+                        regime,
+                    ],
+                    "store": store,
+                    "measured": measured.get((split, regime)),
+                    "note": "",
+                }
+            )
+    return out
+
+
+def _m(wall_s: float, rss_gb: float, models: int, failed: int) -> dict[str, Any]:
+    return {
+        "wall_s": wall_s,
+        "peak_rss_gb": rss_gb,
+        "models": models,
+        "failed": failed,
+        "how": _KIBA_WHEN,
+    }
+
+
+_KIBA_MEASURED = {
+    ("compound", "stl"): _m(33 * 60 + 18, 2.7, 21285, 91),
+    ("compound", "mtl"): _m(2 * 60 + 50, 4.7, 140, 0),
+    ("scaffold", "stl"): _m(32 * 60 + 36, 2.7, 21273, 86),
+    ("scaffold", "mtl"): _m(2 * 60 + 51, 4.7, 140, 0),
+}
+
+
+def _pending(name: str, what: str, note: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "what": what,
+        "command": None,
+        "store": None,
+        "measured": None,
+        "note": note,
+    }
+
+
+FULL: list[dict[str, Any]] = [
+    *_curve_stages("kiba", "results/learning_curves", _KIBA_MEASURED),
+    *_curve_stages("kinase200", "results/learning_curves_kinase200", {}),
+    {
+        "name": "foundation-kiba-scaffold",
+        "what": "foundation-model context effects, kiba, 20 largest targets, scaffold split",
+        # TODO(lead): the foundation engineer fixes the final arguments this session
+        # (results/README.md); keep this command equal to the one written there.
+        "command": ["foundation", "--dataset", "kiba", "--split", "scaffold", "--targets", "20"],
+        "store": "results/foundation",
+        "measured": None,
+        "note": "",
+    },
+    _pending(
+        "kiba-random-design",
+        "pairwise estimates from the random design (EXP3.2 fits), kiba",
+        "no CLI yet: chapter 04 computes it (mtlc.approx.random_design_runs / random_design_fit)",
+    ),
+    _pending(
+        "kiba-top-partners",
+        "each target with its top partners, trained exactly (pair regime), kiba",
+        "no CLI yet: needs the partner ranking of chapter 04 (mtlc train --regime pair exists, "
+        "but the pairs come from the random-design estimates)",
+    ),
+    _pending(
+        "kiba-tag",
+        "TAG inter-task affinities and task groups, kiba",
+        "no CLI yet: chapter 04 computes it (mtlc.affinity.tag_train, mtlc.grouping)",
+    ),
+    _pending(
+        "kinase200-tag",
+        "TAG inter-task affinities and task groups, kinase200",
+        "no CLI yet (mtlc.affinity.tag_train)",
+    ),
+    _pending(
+        "kiba-selection",
+        "task selection: each estimator's partners vs random vs all, kiba",
+        "no CLI yet: chapter 05 computes it (mtlc.selection.run_selection)",
+    ),
+]
+
+# The same plan on tiny inputs, for tests and a quick check that every stage still runs.
+_TINY = ["--folds", "3", "--fold-subset", "0", "--sizes", "16,32", "--seeds", "1"]
+_TINY += ["--max-epochs", "2", "--hidden", "16", "--min-steps", "4", "--min-val-compounds", "8"]
+_TINY += ["--no-progress"]
+_SYN = ["--dataset-arg", "n_compounds=240", "--dataset-arg", "n_tasks=4"]
+
+
+def _tiny(dataset: str, store: str, extra: list[str], splits: tuple[str, ...]) -> list[dict]:
+    out = []
+    for split in splits:
+        for regime in ("stl", "mtl"):
+            out.append(
+                {
+                    "name": f"{dataset}-{split}-{regime}",
+                    "what": f"tiny {dataset} curves, {split} split, {regime}",
+                    "command": [
+                        "train",
+                        "--dataset",
+                        dataset,
+                        *extra,
+                        "--split",
+                        split,
+                        *_TINY,
+                        "--regime",
+                        regime,
+                    ],
+                    "store": store,
+                    "measured": None,
+                    "note": "",
+                }
+            )
+    return out
+
+
+SMOKE: list[dict[str, Any]] = [
+    *_tiny("kiba", "learning_curves", ["--tasks", "3"], ("compound", "scaffold")),
+    # synthetic stands in for kinase200 (no SMILES, so no scaffold split).
+    *_tiny("synthetic", "learning_curves_synthetic", _SYN, ("compound",)),
+    {
+        "name": "foundation-kiba-scaffold",
+        "what": "tiny foundation run: 1 target, scratch and all contexts, probe and fine-tune",
+        "command": [
+            "foundation",
+            "--dataset",
+            "kiba",
+            "--split",
+            "scaffold",
+            "--targets",
+            "1",
+            "--contexts",
+            "scratch,all",
+            "--modes",
+            "probe,finetune",
+            "--folds",
+            "3",
+            "--fold-subset",
+            "0",
+            "--sizes",
+            "16,32",
+            "--hidden",
+            "16",
+            "--epochs",
+            "2",
+        ],
+        "store": "foundation",
+        "measured": None,
+        "note": "",
+    },
+    _pending("kiba-tag", "TAG inter-task affinities (as in the full plan)", "no CLI yet"),
+]
+
+PROFILES: dict[str, list[dict[str, Any]]] = {"full": FULL, "smoke": SMOKE}
+
+
+def plan(profile: str = "full") -> list[dict[str, Any]]:
+    """A copy of the stages of ``profile`` (``"full"`` or ``"smoke"``), in run order."""
+    from mtlc.errors import ConfigError
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown study profile {profile!r}; known: {', '.join(PROFILES)}")
+    return copy.deepcopy(PROFILES[profile])
+
+
+def stage_names(profile: str = "full") -> list[str]:
+    """Stage names of ``profile``, in run order."""
+    return [s["name"] for s in plan(profile)]
