@@ -110,6 +110,7 @@ class FleetStats:
     nnz_train: int
     nnz_val: int
     nnz_test: int
+    n_features: int = 2048
 
     @classmethod
     def of(cls, X: sp.csr_matrix, m: PreparedModel, n_rows: int) -> FleetStats:
@@ -123,6 +124,7 @@ class FleetStats:
             nnz_train=int(cnt[m.train_compounds].sum()),
             nnz_val=int(cnt[m.val_compounds].sum()),
             nnz_test=int(cnt[m.test_compounds].sum()),
+            n_features=int(X.shape[1]),
         )
 
 
@@ -147,7 +149,8 @@ def fleet_memory(stats: Sequence[FleetStats], config: TrainConfig) -> dict[str, 
     - ``labels``: int8 label codes ``(n_train + n_val, T)`` of every model;
     - ``bits``: compact set bits of train/val/test compounds (int32) and row pointers (int64);
     - ``frozen``: precomputed first-layer sums of frozen rows for validation and test compounds
-      ``(n, H0)``, plus the float64 parts they are assembled from;
+      ``(n, H0)``; ``setup``: the float64 parts they are assembled from and one model's
+      full-width initial weights (freed before training; counted anyway);
     - ``entries``: the per-fleet (model, row, compound) list of training bits and the per-epoch
       sort of it that builds the sparse gradient matrices;
     - ``step``: one training step's activations, dropout masks, labels, gradients and sparse
@@ -164,6 +167,7 @@ def fleet_memory(stats: Sequence[FleetStats], config: TrainConfig) -> dict[str, 
     R = max(s.n_rows for s in stats)
     T = max(s.n_heads for s in stats)
     h0 = cfg.hidden[0]
+    nf = max(s.n_features for s in stats)
     n_tr = sum(s.n_train for s in stats)
     n_va = sum(s.n_val for s in stats)
     n_te = sum(s.n_test for s in stats)
@@ -175,7 +179,10 @@ def fleet_memory(stats: Sequence[FleetStats], config: TrainConfig) -> dict[str, 
         "labels": (n_tr + n_va + 2) * T,
         "bits": 4 * (nnz_tr + sum(s.nnz_val + s.nnz_test for s in stats))
         + 8 * (n_tr + n_va + n_te + 3),
-        "frozen": (n_va + n_te + 2) * h0 * (item + 16),
+        "frozen": (n_va + n_te + 2) * h0 * item,
+        # set-up only: the float64 frozen sums of every model before they are stacked, and one
+        # model's full-width initial weights (float32 and a float64 copy)
+        "setup": (n_va + n_te) * h0 * 8 + nf * h0 * 12,
         # em, ec, eg (int32 each) + per epoch: sort order (int64), step ids (int16), row maps
         "entries": nnz_tr * (12 + 8 + 2) + n_tr * 10,
         # per model and batch slot: ~8 live (k, b, H) tensors per hidden layer (pre-activation,
@@ -393,6 +400,25 @@ class _Trainer:
         self.frozen_test = stack(frozen_test)
         self.drop_gen = [np.random.default_rng(m.dropout_seed) for m in models]
         self.order_rng = [batch_order(m.order_seed, len(m.train_compounds)) for m in models]
+
+    def buffer_bytes(self) -> dict[str, int]:
+        """Bytes actually held by the fleet's persistent buffers, by the kinds of
+        :func:`fleet_memory` (``state``, ``labels``, ``bits``, ``frozen``, ``entries``)."""
+
+        def nb(*xs: object) -> int:
+            return sum(
+                x.numel() * x.element_size() if isinstance(x, torch.Tensor) else x.nbytes
+                for x in xs
+            )
+
+        out = {
+            "state": nb(*self.params, *self.best, *self.exp_avg, *self.exp_avg_sq, self._gbuf),
+            "labels": nb(self.tr_lab, self.va_lab),
+            "bits": nb(*(a for c in (self.tr, self.va, self.te) for a in (c.rowptr, c.cidx))),
+            "frozen": nb(self.frozen_val, self.frozen_test),
+            "entries": nb(*self._entries()),
+        }
+        return out
 
     # ------------------------------------------------------------------ forward
     def _first(

@@ -1,0 +1,99 @@
+"""Fleet memory accounting: the planner's estimate covers every buffer a fleet really holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _training_data import all_task_spec, stl_specs, toy
+
+import mtlc.fleet as fleet
+from mtlc.fleet import FleetStats, fleet_memory, plan_fleets, train_fleets
+from mtlc.training import TrainConfig, prepare_specs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return toy(n=600, n_bits=256, k=6, nnz=20)
+
+
+def _trainer(ds, pms, cfg):
+    nb = np.array([m.n_batches(cfg.batch_size) for m in pms])
+    order = np.argsort(-nb, kind="stable")
+    return fleet._Trainer(ds.X, [pms[i] for i in order], cfg)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["stl", "all_task"])
+def test_estimate_covers_real_buffers(ds, dtype, kind):
+    cfg = TrainConfig(hidden=(32, 16), batch_size=64, max_epochs=2, dtype=dtype, device="cpu")
+    if kind == "stl":
+        specs = stl_specs(ds, [60, 120, 200, 90, 150, 30])
+    else:
+        specs = [all_task_spec(ds, seed=s) for s in (1, 2, 3)]
+    pms = prepare_specs(ds, specs, cfg)
+    tr = _trainer(ds, pms, cfg)
+    real = tr.buffer_bytes()
+    stats = [
+        FleetStats.of(ds.X, m, len(fleet._trainable_bits(ds.X, m.train_compounds, False)))
+        for m in tr.models
+    ]
+    est = fleet_memory(stats, cfg)
+    for k, v in real.items():
+        assert v > 0
+        # every persistent buffer is counted, and not wildly over-counted
+        assert est[k] >= v, (k, est[k], v)
+        assert est[k] <= 3 * v + 4096, (k, est[k], v)
+    assert est["total"] == sum(v for k, v in est.items() if k != "total")
+    # the accounting stays right after training (stopped models are compacted, not grown)
+    tr.run()
+    after = tr.buffer_bytes()
+    for k in ("labels", "bits", "frozen", "entries"):
+        assert after[k] <= est[k]
+
+
+def test_labels_are_int8_codes_not_float_matrices(ds):
+    """All-task label storage: one byte per (compound, head), whatever the dtype."""
+    cfg = TrainConfig(hidden=(16,), batch_size=64, max_epochs=1, dtype="float64", device="cpu")
+    pms = prepare_specs(ds, [all_task_spec(ds)], cfg)
+    pm = pms[0]
+    assert pm.train_lab.dtype == np.int8 and pm.test_lab.dtype == np.int8
+    assert pm.train_lab.nbytes == len(pm.train_compounds) * pm.n_heads
+    # the float views agree with the codes
+    np.testing.assert_array_equal(pm.train_mask, (pm.train_lab > 0).astype(np.float32))
+    np.testing.assert_array_equal(pm.train_y * pm.train_mask, pm.train_y)
+    tr = _trainer(ds, pms, cfg)
+    assert tr.tr_lab.dtype.itemsize == 1
+
+
+def test_budget_cuts_fleets_without_changing_numbers(ds):
+    cfg = TrainConfig(hidden=(16,), batch_size=32, max_epochs=3, dtype="float64", device="cpu")
+    pms = prepare_specs(ds, stl_specs(ds, [60, 120, 200, 90, 150, 30]), cfg)
+    big = plan_fleets(ds.X, pms, cfg)
+    assert len(big) == 1  # the default budget holds the whole toy cell
+    bits = [fleet._trainable_bits(ds.X, m.train_compounds, False) for m in pms]
+    one = max(
+        fleet_memory([FleetStats.of(ds.X, m, len(b))], cfg)["total"]
+        for m, b in zip(pms, bits, strict=True)
+    )
+    for budget in (one, 2 * one + one // 2):
+        plans = plan_fleets(ds.X, pms, cfg, max_bytes=budget)
+        assert sorted(i for p in plans for i in p) == list(range(len(pms)))
+        for p in plans:
+            st = [FleetStats.of(ds.X, pms[i], len(bits[i])) for i in p]
+            assert len(p) == 1 or fleet_memory(st, cfg)["total"] <= budget
+    assert max(len(p) for p in plan_fleets(ds.X, pms, cfg, max_bytes=one)) == 1
+    # a budget below one model's need still trains it (alone)
+    tiny = plan_fleets(ds.X, pms, cfg, max_bytes=1)
+    assert sorted(len(p) for p in tiny) == [1] * len(pms)
+    # grouping never changes a model's numbers (config budget or explicit bytes)
+    a = train_fleets(ds.X, pms, cfg)
+    b = train_fleets(ds.X, pms, TrainConfig(**{**cfg.__dict__, "memory_budget_mb": 1}))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.test_scores, y.test_scores, rtol=1e-9, atol=1e-12)
+        assert x.epochs == y.epochs
+
+
+def test_budget_is_not_part_of_the_hash():
+    assert TrainConfig(memory_budget_mb=100).hash() == TrainConfig().hash()
