@@ -92,6 +92,24 @@ def _train_on_worker(
     return rows, [(s.key["job_id"], reason) for s, reason in failures]
 
 
+def _check_scheduler(scheduler: str, n_workers: int | None) -> None:
+    """A clear error for a malformed ``scheduler``/``n_workers`` before any work starts."""
+    if not isinstance(scheduler, str) or (
+        scheduler != "local" and "://" not in scheduler and ":" not in scheduler
+    ):
+        raise ConfigError(
+            f"--scheduler must be 'local' or a Dask scheduler address like tcp://host:8786, "
+            f"got {scheduler!r}"
+        )
+    if scheduler != "local" and n_workers is not None:
+        raise ConfigError(
+            f"--workers applies to --scheduler local only; the cluster at {scheduler} has its "
+            "own workers"
+        )
+    if n_workers is not None and int(n_workers) < 1:
+        raise ConfigError(f"--workers must be at least 1, got {n_workers}")
+
+
 @contextmanager
 def dask_client(
     scheduler: str,
@@ -108,10 +126,9 @@ def dask_client(
     unless configured, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
     """
     distributed = _require_dask()
+    _check_scheduler(scheduler, n_workers)
     if scheduler == "local":
         n = int(n_workers) if n_workers is not None else (os.cpu_count() or 1)
-        if n < 1:
-            raise ConfigError(f"--workers must be at least 1, got {n}")
         cluster = distributed.LocalCluster(
             n_workers=n,
             threads_per_worker=1,
@@ -125,16 +142,6 @@ def dask_client(
         finally:
             cluster.close()
         return
-    if n_workers is not None:
-        raise ConfigError(
-            f"--workers applies to --scheduler local only; the cluster at {scheduler} has its "
-            "own workers"
-        )
-    if "://" not in scheduler and ":" not in scheduler:
-        raise ConfigError(
-            f"--scheduler must be 'local' or a Dask scheduler address like tcp://host:8786, "
-            f"got {scheduler!r}"
-        )
     if connect_timeout is None:
         import dask
         from dask.utils import parse_timedelta
@@ -222,6 +229,8 @@ def run_design_dask(
     from mtlc.study import RunSummary, _default_trainer, _failure_row, _PairLabels, _precheck
 
     distributed = _require_dask()
+    if client is None:
+        _check_scheduler(scheduler, n_workers)
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     if ds.X is None:
         raise MtlcError(f"data set {ds.name!r} has no features; load it with features=True")
