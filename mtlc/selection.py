@@ -19,8 +19,10 @@ rows (regime ``selection``, the set's label in ``partner``) give learning curves
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,8 @@ __all__ = [
     "selection_design",
     "run_selection",
     "selection_table",
+    "fold_estimators",
+    "run_selection_folds",
 ]
 
 REGIME = "selection"
@@ -118,6 +122,7 @@ def selection_design(
     max_size: int | None = None,
     seed: int = 0,
     ctx: DesignContext,
+    size_ratio: float = 2**0.5,
 ) -> Design:
     """Specs: per fold, target, partner set and target size ``n``: target at ``n`` + partners
     at all their training pairs; evaluated on the target only. Keys: regime ``selection``,
@@ -130,7 +135,7 @@ def selection_design(
         pools = FoldPools(ds, folds, int(fold), seed)
         for tid, by_label in sets.items():
             t = ds.task_index(tid)
-            grid = _sizes(int(pools.available[t]), sizes, max_size)
+            grid = _sizes(int(pools.available[t]), sizes, max_size, size_ratio)
             if not isinstance(sizes, str):
                 for s in sizes:
                     if s not in grid:
@@ -166,9 +171,10 @@ def run_selection(
     recipe: str = "",
     task_set: str = "selection",
     progress: bool = False,
+    size_ratio: float = 2**0.5,
 ) -> Any:
     """Build :func:`selection_design` and run it through :func:`mtlc.study.run_design`
-    (resumable; returns its ``RunSummary``)."""
+    (resumable; returns its ``RunSummary``). ``size_ratio``: ratio of the ``"auto"`` grid."""
     from mtlc.study import run_design
 
     ctx = DesignContext(
@@ -187,6 +193,7 @@ def run_selection(
         max_size=max_size,
         seed=seed,
         ctx=ctx,
+        size_ratio=size_ratio,
     )
     return run_design(ds, design, store, config, progress=progress, desc="selection")
 
@@ -250,3 +257,142 @@ def selection_table(
     order = {"none": 0, "all": 9}
     out["_o"] = [order.get(s, 5 if s.startswith("random") else 1) for s in out["set"]]
     return out.sort_values(["_o", "set"]).drop(columns="_o").reset_index(drop=True)
+
+
+def fold_estimators(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    fold: int,
+    *,
+    config: Any,
+    epochs: int,
+    seed: int = 0,
+    cache: str | os.PathLike | None = None,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """TAG affinity and gradient cosine of one all-task TAG run on a fold's training compounds.
+
+    One :func:`mtlc.affinity.tag_train` run (``epochs`` epochs, ``config``'s network) on the
+    compounds outside test fold ``fold`` (the test fold never informs the ranking). Returns
+    ``{"tag": (K, K), "cosine": (K, K), "seconds": wall seconds of the run}``, matrices
+    ``[source, target]`` aligned with ``ds``'s tasks. With ``cache`` (a directory) the result
+    is stored as ``tag-<key>.npz`` (key: data set, fold assignment, fold, config, epochs, seed)
+    and read back on the next call, with the seconds the run cost when it was made.
+    """
+    import hashlib
+    import json
+
+    from mtlc.affinity import tag_train
+    from mtlc.foundation import _threads
+
+    fa = np.asarray(folds)
+    h = hashlib.sha256(
+        json.dumps(
+            {
+                "dataset": ds.name,
+                "shape": [ds.n_compounds, ds.n_tasks],
+                "fold": int(fold),
+                "config": str(config.hash()),
+                "epochs": int(epochs),
+                "seed": int(seed),
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    h.update(np.ascontiguousarray(fa, dtype=np.int64).tobytes())
+    f = None if cache is None else Path(cache) / f"tag-{h.hexdigest()[:20]}.npz"
+    if f is not None and f.is_file():
+        z = np.load(f)
+        return {"tag": z["tag"], "cosine": z["cosine"], "seconds": float(z["seconds"])}
+    t0 = time.perf_counter()
+    with _threads(threads):
+        res = tag_train(
+            ds,
+            np.flatnonzero(fa != fold),
+            config=config,
+            epochs=int(epochs),
+            seed=int(seed),
+            device="cpu",
+        )
+    out = {"tag": res.affinity, "cosine": res.cosine, "seconds": time.perf_counter() - t0}
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".tmp-{os.getpid()}-{f.name}")
+        np.savez(tmp, **out)
+        os.replace(tmp, f)
+    return out
+
+
+def run_selection_folds(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    targets: Sequence[str | int],
+    *,
+    store: str | os.PathLike,
+    config: Any,
+    k: int = 5,
+    n_random: int = 1,
+    fold_subset: Sequence[int] | None = None,
+    sizes: Sequence[int] | str = "auto",
+    max_size: int | None = None,
+    size_ratio: float = 2**0.5,
+    tag_config: Any = None,
+    tag_epochs: int = 10,
+    extra_estimators: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    split: str = "compound",
+    recipe: str = "",
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Task selection per fold with estimators measured on that fold's training compounds.
+
+    Per test fold: :func:`fold_estimators` (one TAG run, cached under ``<store>_estimators``),
+    :func:`partner_sets` (``top{k}`` by TAG affinity and by gradient cosine, plus any
+    ``extra_estimators`` such as a planted truth, ``n_random`` random sets, ``all``, ``none``)
+    and :func:`run_selection` into ``store`` (resumable). Returns ``{"sets": {fold: sets},
+    "estimator_seconds": {"tag": s, "cosine": s, ...}`` (summed over folds; both rankings come
+    from the same run, so each is charged its full cost), ``"summaries"``: one ``RunSummary``
+    per fold}.
+    """
+    from mtlc.foundation import _threads
+
+    fold_ids = sorted(set(np.asarray(folds).tolist())) if fold_subset is None else fold_subset
+    est_dir = f"{str(store).rstrip('/')}_estimators"
+    out: dict[str, Any] = {"sets": {}, "estimator_seconds": {}, "summaries": []}
+    cost: dict[str, float] = {"tag": 0.0, "cosine": 0.0}
+    for fold in fold_ids:
+        e = fold_estimators(
+            ds,
+            folds,
+            int(fold),
+            config=tag_config or config,
+            epochs=tag_epochs,
+            seed=seed,
+            cache=est_dir,
+            threads=threads,
+        )
+        cost["tag"] += e["seconds"]
+        cost["cosine"] += e["seconds"]
+        ests = {"tag": e["tag"], "cosine": e["cosine"], **dict(extra_estimators or {})}
+        sets = partner_sets(ds, targets, ests, k=k, n_random=n_random, seed=seed)
+        with _threads(threads):
+            summ = run_selection(
+                ds,
+                folds,
+                sets,
+                store=store,
+                config=config,
+                fold_subset=[int(fold)],
+                sizes=sizes,
+                max_size=max_size,
+                size_ratio=size_ratio,
+                seed=seed,
+                split=split,
+                recipe=recipe,
+            )
+        out["sets"][int(fold)] = sets
+        out["summaries"].append(summ)
+    for name in extra_estimators or {}:
+        cost.setdefault(name, 0.0)
+    out["estimator_seconds"] = cost
+    return out

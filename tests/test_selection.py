@@ -80,3 +80,62 @@ def test_run_selection_and_table(ds, tmp_path):
     assert row.loc["none", "n_context_pairs"] == 0
     assert row.loc["all", "n_context_pairs"] > row.loc["top1:oracle", "n_context_pairs"] > 0
     assert ((tab["auc_full"] > 0) & (tab["auc_full"] <= 1)).all()
+
+
+def test_fold_estimators_cached_and_fold_local(ds, tmp_path):
+    """One TAG run per fold on its training compounds, stored with its cost and read back."""
+    folds = kfold(ds, n_folds=3, seed=0)
+    cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=64, device="cpu")
+    e0 = sel.fold_estimators(ds, folds, 0, config=cfg, epochs=2, cache=tmp_path)
+    assert e0["tag"].shape == e0["cosine"].shape == (ds.n_tasks, ds.n_tasks)
+    assert e0["seconds"] > 0
+    assert len(list(tmp_path.glob("tag-*.npz"))) == 1
+    again = sel.fold_estimators(ds, folds, 0, config=cfg, epochs=2, cache=tmp_path)
+    np.testing.assert_array_equal(again["tag"], e0["tag"])
+    assert again["seconds"] == e0["seconds"]  # the stored cost of the run, not the read
+    e1 = sel.fold_estimators(ds, folds, 1, config=cfg, epochs=2, cache=tmp_path)
+    assert len(list(tmp_path.glob("tag-*.npz"))) == 2  # another fold: another run
+    assert not np.allclose(np.nan_to_num(e1["tag"]), np.nan_to_num(e0["tag"]))
+
+
+def test_run_selection_folds_and_cli(ds, tmp_path, capsys):
+    import argparse
+
+    from mtlc.commands import foundation as cmd
+
+    folds = kfold(ds, n_folds=3, seed=0)
+    cfg = TrainConfig(hidden=(16,), max_epochs=3, patience=2, device="cpu")
+    res = sel.run_selection_folds(
+        ds,
+        folds,
+        ["t00"],
+        store=tmp_path / "st",
+        config=cfg,
+        k=1,
+        fold_subset=[0],
+        sizes="auto",
+        max_size=64,
+        size_ratio=2.0,
+        tag_epochs=2,
+        extra_estimators={"oracle": ds.truth["relatedness"]},
+    )
+    assert set(res["sets"][0]["t00"]) == {
+        "none", "top1:tag", "top1:cosine", "top1:oracle", "random1:s0", "all"
+    }  # fmt: skip
+    assert res["estimator_seconds"]["tag"] > 0 and res["estimator_seconds"]["oracle"] == 0
+    df = ResultsStore(tmp_path / "st").read()
+    assert sorted(df["n_task"].unique()) == [16, 32, 64]  # ratio-2 grid up to max_size
+    assert (tmp_path / "st_estimators").is_dir()
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "foundation", "--selection", "--dataset", "synthetic", "--split", "compound",
+            "--targets", "t00", "--folds", "3", "--fold-subset", "0", "--sizes", "16,32",
+            "--hidden", "16", "--epochs", "2", "--k", "2", "--tag-epochs", "2",
+            "--device", "cpu", "--store", str(tmp_path / "cli"),
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "top2:tag" in out and "random2" in out and "all" in out

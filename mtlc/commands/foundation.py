@@ -38,6 +38,8 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError("--sizes and --fold-subset take comma-separated integers") from None
     folds = kfold(ds, n_folds=args.folds, split=args.split, seed=args.seed)
+    if args.selection:
+        return _selection(args, ds, targets, folds, sizes, fold_subset)
     cfg = TrainConfig(
         hidden=tuple(int(h) for h in _list(args.hidden)),
         max_epochs=args.epochs,
@@ -73,6 +75,48 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace, ds: Any, targets, folds, sizes, fold_subset) -> int:
+    """``--selection``: top-k partners by TAG / cosine vs random vs all vs none, per fold."""
+    from mtlc import selection as sel
+    from mtlc.store import ResultsStore
+    from mtlc.training import TrainConfig
+
+    cfg = TrainConfig(
+        hidden=tuple(int(h) for h in _list(args.hidden)),
+        max_epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        min_steps=args.min_steps,
+        min_val_compounds=args.min_val_compounds,
+        device=args.device,
+    )
+    res = sel.run_selection_folds(
+        ds,
+        folds,
+        targets,
+        store=args.store,
+        config=cfg,
+        k=args.k,
+        n_random=args.n_random,
+        fold_subset=fold_subset,
+        sizes=sizes,
+        max_size=args.max_size,
+        size_ratio=args.size_ratio,
+        tag_epochs=args.tag_epochs,
+        seed=args.seed,
+        split=args.split,
+        recipe=str(ds.info.get("recipe", "")),
+    )
+    for s in res["summaries"]:
+        print(s)
+    tab = sel.selection_table(
+        ResultsStore(args.store).read(), estimator_cost=res["estimator_seconds"]
+    )
+    cols = ["set", "auc_small", "auc_full", "d_small", "d_full", "n_models", "total_seconds"]
+    print(tab[[c for c in cols if c in tab.columns]].round(3).to_string(index=False))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "foundation",
@@ -103,6 +147,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=None, help="default: --epochs")
     p.add_argument("--min-steps", type=int, default=300, help="least fine-tuning steps")
     p.add_argument("--size-ratio", type=float, default=2**0.5, help="ratio of the auto grid")
+    p.add_argument(
+        "--selection",
+        action="store_true",
+        help="task selection instead: top-k partners by TAG affinity / gradient cosine (one "
+        "TAG run per fold on its training compounds) vs k random vs all vs none, trained jointly",
+    )
+    p.add_argument("--k", type=int, default=5, help="partners per set (--selection)")
+    p.add_argument("--n-random", type=int, default=1, help="random sets (--selection)")
+    p.add_argument("--tag-epochs", type=int, default=10, help="TAG run epochs (--selection)")
+    p.add_argument("--min-val-compounds", type=int, default=0, help="(--selection)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", required=True, help="results store directory")
