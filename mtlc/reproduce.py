@@ -72,9 +72,14 @@ def train_namespace(args: Sequence[str]) -> argparse.Namespace:
 
 @dataclass
 class StudyInputs:
-    """What ``mtlc train`` builds before training: data set, folds, design and configuration."""
+    """What ``mtlc train`` builds before training: data set, folds, design and configuration.
+
+    ``ds`` is the data set the design indexes (after task selection); ``loaded`` the data set as
+    loaded, before it (pass it back as ``dataset=`` to build another stage without reloading).
+    """
 
     ds: Any
+    loaded: Any
     folds: np.ndarray
     design: Any
     config: Any
@@ -136,7 +141,8 @@ def study_design(
     ----------
     args: ``mtlc train`` arguments (a list of strings) or their parsed namespace.
     fold_subset: build only these test folds (default: the command's own ``--fold-subset``).
-    dataset: an already loaded data set to reuse (must be what ``--dataset`` loads).
+    dataset: an already loaded data set to reuse (must be what ``--dataset`` loads, before
+        task selection: :attr:`StudyInputs.loaded`).
 
     Mirrors :func:`mtlc.study.run_study` step by step (load, task selection, folds, design
     context, regime builder), so the spec keys and job ids equal the stored ones.
@@ -148,7 +154,9 @@ def study_design(
     kw = _study_kwargs(ns)
     if ns.folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {ns.folds}")
-    ds = dataset if dataset is not None else load_dataset(kw["dataset"], **kw["dataset_kwargs"])
+    loaded = ds = (
+        dataset if dataset is not None else load_dataset(kw["dataset"], **kw["dataset_kwargs"])
+    )
     if ds.X is None:
         raise MtlcError(f"data set {ds.name!r} has no features; load it with features=True")
     idx, task_set = select_tasks(ds, kw["tasks"])
@@ -176,7 +184,7 @@ def study_design(
         max_size=kw["max_size"],
         **kw["options"],
     )
-    return StudyInputs(ds=ds, folds=folds, design=design, config=config, options=kw)
+    return StudyInputs(ds=ds, loaded=loaded, folds=folds, design=design, config=config, options=kw)
 
 
 def _stage_signature(args: Sequence[str]) -> tuple[str, str, str]:
@@ -384,8 +392,7 @@ def verify_store(
         inputs = study_design(
             ns, fold_subset=sorted(set(jobs["fold"].tolist())), dataset=datasets.get(dkey)
         )
-        if dkey not in datasets and inputs.options["tasks"] is None:
-            datasets[dkey] = inputs.ds  # reuse the loaded data set across stages
+        datasets[dkey] = inputs.loaded  # reuse the loaded data set across stages
         by_id = {s.key["job_id"]: s for s in inputs.design}
         specs = [by_id[j] for j in jobs["job_id"] if j in by_id]
         unmatched += [j for j in jobs["job_id"] if j not in by_id]

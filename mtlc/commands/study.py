@@ -145,8 +145,7 @@ class _Designs:
         ns = train_namespace(stage["command"][1:])
         key = (ns.dataset, ns.recipe, tuple(ns.dataset_arg))
         inputs = study_design(ns, dataset=self._data.get(key))
-        if ns.tasks in (None, "all"):  # study_design did not subset: reusable
-            self._data.setdefault(key, inputs.ds)
+        self._data[key] = inputs.loaded
         return {s.key["job_id"] for s in inputs.design}
 
 

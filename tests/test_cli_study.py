@@ -1,0 +1,172 @@
+"""``mtlc study``: the plan as data, the smoke profile end to end, resume, --list, --verify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from mtlc.cli import main
+from mtlc.study_plan import plan, stage_names
+
+pytest.importorskip("mtlc.fleet", reason="the training engine (mtlc.fleet) has not landed")
+
+
+# ------------------------------------------------------------------ the plan, without running
+def test_plan_stages_are_complete_and_named_uniquely():
+    for profile in ("full", "smoke"):
+        stages = plan(profile)
+        assert len(stage_names(profile)) == len(set(stage_names(profile)))
+        for s in stages:
+            assert {"name", "what", "command", "store", "measured", "note"} <= set(s)
+            assert "--store" not in (s["command"] or [])
+            # A stage either runs a command into a store, or says why it cannot.
+            assert (s["command"] and s["store"]) or ("no CLI" in s["note"])
+    full = {s["name"]: s for s in plan("full")}
+    for ds in ("kiba", "kinase200"):
+        for split in ("compound", "scaffold"):
+            for regime in ("stl", "mtl"):
+                assert f"{ds}-{split}-{regime}" in full
+    assert full["kiba-compound-stl"]["measured"]["wall_s"] > 0
+
+
+def test_dry_run_prints_the_stored_study_commands(capsys):
+    assert main(["study", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # The regenerating command of results/README.md, for every split and regime.
+    for split in ("compound", "scaffold"):
+        for regime in ("stl", "mtl"):
+            want = [
+                "--dataset kiba",
+                f"--split {split}",
+                "--folds 10",
+                f"--regime {regime}",
+                "--sizes auto",
+                "--seeds 1",
+                "--min-steps 100",
+                "--min-val-compounds 8",
+                "--store results/learning_curves",
+            ]
+            assert any(all(w + " " in line + " " for w in want) for line in out), (split, regime)
+    assert any("kinase200" in line and "results/learning_curves_kinase200" in line for line in out)
+    assert any(line.startswith("mtlc foundation") for line in out)
+    # Stages without a command are listed as such, not dropped.
+    todo = [s["name"] for s in plan("full") if not s["command"]]
+    assert todo and all(any(f"# {n}: no CLI yet" in line for line in out) for n in todo)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "nope"], "no such stage"),
+        (["--list", "--dry-run"], "exclude each other"),
+        (["--profile", "huge", "--list"], "unknown study profile"),
+        (["--verify", "0"], "--verify"),
+    ],
+)
+def test_bad_options_are_one_line_errors(capsys, args, message):
+    assert main(["study", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the smoke profile, run
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, one_torch_thread):
+    """The smoke plan run in two goes: one stage first (an 'interrupted' study), then all."""
+    root = tmp_path_factory.mktemp("study")
+    first, second = root / "first.json", root / "second.json"
+    base = ["study", "--profile", "smoke", "--out", str(root)]
+    rc1 = main([*base, "--only", "synthetic-compound-stl", "--summary-json", str(first)])
+    rc2 = main([*base, "--summary-json", str(second)])
+    return {
+        "root": root,
+        "rc": (rc1, rc2),
+        "first": {r["stage"]: r for r in json.loads(first.read_text())},
+        "second": {r["stage"]: r for r in json.loads(second.read_text())},
+    }
+
+
+def test_smoke_study_runs_every_stage(smoke):
+    assert smoke["rc"] == (0, 0)
+    rows = smoke["second"]
+    assert list(rows) == stage_names("smoke")
+    for s in plan("smoke"):
+        r = rows[s["name"]]
+        if not s["command"]:
+            assert r["status"].startswith("not run") and "no CLI yet" in r["status"]
+            continue
+        assert r["status"] == "ok", r
+        assert r["wall_s"] > 0 and r["failed"] == 0
+        assert r["peak_rss_gb"] is None or 0.05 < r["peak_rss_gb"] < 8
+        if r["jobs"] is not None:  # train stages: every job of the design is stored
+            assert r["skipped"] + r["trained"] == r["jobs"] > 0
+        else:  # foundation: no design count, but jobs were stored
+            assert r["trained"] > 0
+
+
+def test_rerun_resumes_and_skips_finished_stages(smoke, capsys):
+    first = smoke["first"]["synthetic-compound-stl"]
+    second = smoke["second"]["synthetic-compound-stl"]
+    assert first["trained"] == first["jobs"] > 0 and first["skipped"] == 0
+    # The second go skipped what the first stored and trained the rest.
+    assert second["skipped"] == second["jobs"] and second["trained"] == 0
+    assert smoke["second"]["synthetic-compound-mtl"]["trained"] > 0
+    out = smoke["root"] / "third.json"
+    rc = main(
+        ["study", "--profile", "smoke", "--out", str(smoke["root"]), "--only", "synthetic-*"]
+        + ["--summary-json", str(out)]
+    )
+    assert rc == 0
+    for r in json.loads(out.read_text()):
+        assert r["trained"] == 0 and r["skipped"] == r["jobs"] > 0
+    assert "mtlc study summary" in capsys.readouterr().out
+
+
+def test_list_reports_stored_over_total(smoke, capsys):
+    assert main(["study", "--profile", "smoke", "--out", str(smoke["root"]), "--list"]) == 0
+    out = capsys.readouterr().out
+    for name, r in smoke["second"].items():
+        if r.get("jobs"):
+            line = next(x for x in out.splitlines() if x.strip().startswith(name))
+            assert f"{r['jobs']}/{r['jobs']} jobs stored" in line and "done" in line
+    assert "NOT RUN: no CLI yet" in out
+
+
+def test_rebuilt_designs_equal_the_stored_jobs(smoke):
+    """study_design mirrors mtlc train: same job ids as the ones the train stages stored."""
+    from mtlc.reproduce import study_design
+    from mtlc.store import ResultsStore
+
+    loaded = {}  # one load per data set
+    for s in plan("smoke"):
+        if not s["command"] or s["command"][0] != "train":
+            continue
+        ds_name = s["command"][s["command"].index("--dataset") + 1]
+        inputs = study_design(s["command"][1:], dataset=loaded.get(ds_name))
+        loaded[ds_name] = inputs.loaded
+        key = inputs.design.specs[0].key
+        df = ResultsStore(smoke["root"] / s["store"]).read()
+        df = df[(df["regime"] == key["regime"]) & (df["split"] == key["split"])]
+        df = df[df["dataset"] == key["dataset"]]
+        assert {sp.key["job_id"] for sp in inputs.design} == set(df["job_id"]), s["name"]
+        assert set(df["config_hash"]) == {inputs.config.hash()}
+
+
+def test_verify_passes_on_the_smoke_store_and_catches_a_changed_one(smoke, tmp_path, capsys):
+    from mtlc.store import ResultsStore
+
+    args = ["study", "--profile", "smoke", "--only", "synthetic-*", "--verify", "3"]
+    assert main([*args, "--out", str(smoke["root"])]) == 0
+    out = capsys.readouterr().out
+    assert "REPRODUCED" in out and "max |stored - retrained| = 0" in out
+    # A store whose numbers differ from what the code gives: every job's values shifted.
+    bad = tmp_path / "bad"
+    shutil.copytree(smoke["root"] / "learning_curves_synthetic", bad / "learning_curves_synthetic")
+    st = ResultsStore(bad / "learning_curves_synthetic")
+    df = st.read()
+    st.append(df.assign(value=df["value"] * 0.9))  # the newest part wins for every job
+    assert main([*args, "--out", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT REPRODUCED" in out and "reproduced exactly" in out
