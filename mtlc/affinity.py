@@ -221,9 +221,21 @@ def _dense_rows(batch: SparseBatch, n_features: int, dtype: torch.dtype) -> torc
     return X
 
 
+def _take_rows(batch: SparseBatch, rows: torch.Tensor) -> SparseBatch:
+    """Rows ``rows`` of a ``SparseBatch``, in that order."""
+    dev = batch.indices.device
+    ends = torch.cat([batch.offsets[1:], torch.tensor([batch.indices.numel()], device=dev)])
+    starts = batch.offsets[rows]
+    cnt = (ends - batch.offsets)[rows]
+    new_off = torch.cumsum(cnt, 0) - cnt
+    total = int(cnt.sum())
+    idx = torch.repeat_interleave(starts - new_off, cnt) + torch.arange(total, device=dev)
+    return SparseBatch(batch.indices[idx], new_off)
+
+
 def _gradient_inner(
     h_list: list[torch.Tensor],
-    deltas: list[torch.Tensor],
+    d_ext: list[torch.Tensor],
     M1: torch.Tensor,
     bp: torch.Tensor,
     kp: torch.Tensor,
@@ -240,6 +252,7 @@ def _gradient_inner(
     """
     dtype, dev = M1.dtype, M1.device
     K, B, P = int(n_t.numel()), int(M1.shape[0]), int(bp.numel())
+    deltas = [d[:P] for d in d_ext]  # d_ext: (P + 1, H) per-pair signals, last row 0
     Ms = [M1] + [h @ h.T + 1.0 for h in h_list[:-1]]
     src = torch.nonzero(n_t > 0).flatten()
     Ks = int(src.numel())
@@ -267,7 +280,6 @@ def _gradient_inner(
         return D
 
     bp_ext = torch.cat([bp, bp.new_zeros(1)])
-    d_ext = [torch.cat([d, d.new_zeros(1, d.shape[1])]) for d in deltas]
     start_t = torch.as_tensor(start, device=dev)
     out = np.zeros((K, K))
     for bi in blocks:
@@ -292,7 +304,7 @@ def _exact_lookahead(
     model: MultiTaskNet,
     a_list: list[torch.Tensor],
     h_list: list[torch.Tensor],
-    deltas: list[torch.Tensor],
+    d_ext: list[torch.Tensor],
     M1: torch.Tensor,
     z: torch.Tensor,
     y: torch.Tensor,
@@ -341,7 +353,7 @@ def _exact_lookahead(
     pidx = start[src][:, None] + ar[None, :]
     pidx = torch.where(ar[None, :] < counts[:, None], pidx, torch.full_like(pidx, P))
     rows_pad = torch.cat([bp, bp.new_zeros(1)])[pidx]  # (S, r_max)
-    d_ext = [torch.cat([d, d.new_zeros(1, d.shape[1])]) for d in deltas]
+    deltas = [d[:P] for d in d_ext]  # d_ext: (P + 1, H) per-pair signals, last row 0
     # relu(a + da) - relu(a) = max(da, -a) + min(a, 0): exact (= da) while a stays positive.
     neg_a = [-a for a in a_list]
     a_min0 = [a.clamp(max=0) for a in a_list]
@@ -376,8 +388,6 @@ def _exact_lookahead(
     base.index_add_(0, kp, F.binary_cross_entropy_with_logits(zp, yp, reduction="none"))
     base = base.clamp_min(torch.finfo(dtype).tiny)
 
-    head_gemm = 3 * t_max > K  # dense labels: all logits by one GEMM, else per-row products
-    Wt = None if head_gemm else by_rows(Wh[kp])  # head rows per pair, for the dense path
     last = L - 1
     pos_last = (a_list[last] > 0).to(dtype)
     H_below = h_list[last - 1].shape[1] if L > 1 else 0
@@ -404,10 +414,16 @@ def _exact_lookahead(
 
     out = np.empty((S, K))
     n_full = L if path == "dense" else L - 1  # layers whose change is materialized
-    d1s = d_ext[0] * -lr  # first-layer signals pre-scaled by -lr (saves a pass per chunk)
+    M1s = M1 * -lr  # first-layer Gram pre-scaled by -lr (saves a pass per chunk)
     if path == "linear" and L == 1:
         # nothing of size (chunk, B, H) is formed: take all sources at once if memory allows
         chunk = max(chunk, min(S, int(5e7 // max(1, r_max * (P + B)))))
+    elif path == "dense":
+        # The pair head is a GEMM per row with the chunk's sources as columns: wide chunks
+        # keep it efficient; the budget bounds each (chunk, B, H) buffer.
+        h_max = max(h.shape[1] for h in h_list)
+        chunk = max(chunk, min(S, _BLOCK_FLOATS // max(1, B * h_max)))
+        head = _pair_head_tables(Wh, y, z, bp, kp, pair_of, per_row)
     # (B, B) Gram matrices of the hidden layers (+1: the bias), for the deeper lookahead terms
     Hgs = [h @ h.T + 1.0 for h in h_list[:-1]]
     if path == "linear" and L > 1:
@@ -429,7 +445,7 @@ def _exact_lookahead(
             da, out_dh = buf_da[li][:C], buf_dh[li][:C]
             if li == 0:
                 # first layer: da1 = -lr (X X^T + 1)[:, R_i] delta_1[R_i]  (M1 is symmetric)
-                torch.bmm(M1[rp].transpose(1, 2).contiguous(), d1s[pi], out=da)
+                torch.bmm(M1s[rp].transpose(1, 2), d_ext[0][pi], out=da)
             else:
                 # h' (W - lr G_i)^T + b - lr g_i = h' W^T + b - lr (h' h[R_i]^T + 1) delta[R_i]
                 W = model.layers[li - 1].weight
@@ -439,10 +455,8 @@ def _exact_lookahead(
                 da.baddbmm_(Tt_l.transpose(1, 2), d_ext[li][pi], alpha=-lr)
             dh = torch.maximum(da, neg_a[li], out=out_dh).add_(a_min0[li])
         if path == "dense":
-            if head_gemm:
-                dz = torch.matmul(dh, Wh.T)[:, bp, kp]  # (C, P)
-            else:
-                dz = rows_to_pairs(torch.einsum("cbh,bht->bct", dh, Wt))  # (C, P)
+            out[rows_out] = (-_pair_head_loss(dh, head, K) / base).double().cpu().numpy()
+            continue
         else:
             # coefficients of the last layer's lookahead term, (C, r_max, B) layout
             if L == 1:
@@ -474,7 +488,7 @@ def _exact_lookahead(
                     model,
                     a_list,
                     h_list,
-                    deltas,
+                    d_ext,
                     M1,
                     z,
                     y,
@@ -492,6 +506,95 @@ def _exact_lookahead(
         # Z = 1 - L'/L = -(L' - L)/L, both per-task means over the same n_j pairs
         out[rows_out] = (-dL / base).double().cpu().numpy()
     return out
+
+
+# Floats per (chunk, B, H) buffer of the dense path (64 MB in float32); tests lower it to force
+# several chunks.
+_BLOCK_FLOATS = 1 << 21
+
+
+@dataclass
+class _PairHead:
+    """Labelled pairs laid out row by row for the head, rows in buckets of similar pair count.
+
+    Bucket ``(b0, b1, t, off)``: rows ``b0:b1`` (rows are sorted by decreasing pair count),
+    each padded to ``t`` slots, at ``off`` in the flat slot order. Per slot: ``W`` the head
+    row of the slot's task ``(n_slots, H)``, ``task`` its index (``K`` for padding),
+    ``sgn = 2 y - 1`` (0 for padding, which makes the slot's loss change exactly 0) and
+    ``sig_neg = sigmoid(-sgn z)`` at the unperturbed logit.
+    """
+
+    buckets: list[tuple[int, int, int, int]]
+    W: torch.Tensor
+    task: torch.Tensor
+    sgn: torch.Tensor
+    sig_neg: torch.Tensor
+
+
+def _pair_head_tables(
+    Wh: torch.Tensor,
+    y: torch.Tensor,
+    z: torch.Tensor,
+    bp: torch.Tensor,
+    kp: torch.Tensor,
+    pair_of: torch.Tensor,
+    per_row: torch.Tensor,
+    *,
+    slack: float = 0.8,
+) -> _PairHead:
+    """Build :class:`_PairHead` (rows must already be sorted by decreasing ``per_row``)."""
+    K, H = Wh.shape
+    P = int(bp.numel())
+    counts = per_row.cpu().numpy()
+    buckets: list[tuple[int, int, int, int]] = []
+    b0, off, B = 0, 0, len(counts)
+    while b0 < B and counts[b0] > 0:
+        t = int(counts[b0])
+        # a bucket pads its rows to its first (longest) row; close it when padding exceeds
+        # 1/slack - 1 of a row's pairs
+        b1 = b0 + 1
+        while b1 < B and counts[b1] > 0 and counts[b1] >= slack * t:
+            b1 += 1
+        buckets.append((b0, b1, t, off))
+        off += (b1 - b0) * t
+        b0 = b1
+    slots = (
+        torch.cat([pair_of[a:b, :t].reshape(-1) for a, b, t, _ in buckets])
+        if buckets
+        else (pair_of.new_zeros(0))
+    )
+    real = slots < P
+    safe = torch.where(real, slots, torch.zeros_like(slots))
+    task = torch.where(real, kp[safe], torch.full_like(slots, K))
+    W = torch.cat([Wh, Wh.new_zeros(1, H)])[task]
+    yp, zp = y[bp[safe], kp[safe]], z[bp[safe], kp[safe]]
+    sgn = torch.where(real, 2 * yp - 1, torch.zeros_like(yp))
+    sig_neg = torch.where(real, torch.sigmoid(-sgn * zp), torch.zeros_like(zp))
+    return _PairHead(buckets, W, task, sgn[:, None], sig_neg[:, None])
+
+
+def _pair_head_loss(dh: torch.Tensor, head: _PairHead, K: int) -> torch.Tensor:
+    """Summed loss change ``(C, K)`` of every target task for the chunk's sources.
+
+    ``dh``: ``(C, B, H)`` change of the last hidden layer per source. The logit change at
+    the pairs of row ``b`` is ``W[slots of b] @ dh[:, b, :].T``: one batched GEMM per bucket,
+    with the sources as columns, and only labelled pairs (plus a little padding) computed,
+    instead of all ``B x K`` logits. The per-pair loss change is
+    ``bce(z + dz) - bce(z) = log1p(sigmoid(-s z) expm1(-s dz))`` (``s = 2 y - 1``), exact and
+    precise when ``dz`` is small.
+    """
+    C = dh.shape[0]
+    dz = torch.empty(head.W.shape[0], C, dtype=dh.dtype, device=dh.device)
+    for b0, b1, t, off in head.buckets:
+        nb = b1 - b0
+        torch.bmm(
+            head.W[off : off + nb * t].view(nb, t, -1),
+            dh[:, b0:b1, :].permute(1, 2, 0),
+            out=dz[off : off + nb * t].view(nb, t, C),
+        )
+    dl = torch.log1p(head.sig_neg * torch.expm1(-head.sgn * dz))
+    dL = torch.zeros(K + 1, C, dtype=dh.dtype, device=dh.device).index_add_(0, head.task, dl)
+    return dL[:K].T
 
 
 def _linear_last_layer(
@@ -612,6 +715,10 @@ def lookahead_fast(
     y_t, m_t, dtype, dev = _as_tensors(model, y, mask)
     _check_shapes(model, batch, y_t, m_t)
     K = model.n_tasks
+    # Rows in decreasing order of labelled pairs (every result is a sum over rows, so the
+    # order is free): the pair head then takes contiguous row blocks of similar pair count.
+    order = torch.argsort(m_t.sum(1), descending=True, stable=True)
+    batch, y_t, m_t = _take_rows(batch, order), y_t[order], m_t[order]
     n_t = m_t.sum(0)
     n = n_t.detach().cpu().numpy().astype(np.int64)
     with torch.no_grad(), _eval_mode(model):
@@ -631,20 +738,28 @@ def lookahead_fast(
         zp, yp = z[bp, kp], y_t[bp, kp]
         r = (torch.sigmoid(zp) - yp) / n_t[kp]  # d L_k / d z at each pair
         # ---- per-pair backward: delta_l[p] = d L_{k_p} / d a_l at row b_p, pair p's share
+        # Written into (P + 1, H) buffers whose last row stays 0 (the padding pair), with few
+        # (P, H) temporaries: when P H is large, every fresh one costs its page faults.
         L = len(h_list)
-        deltas: list[torch.Tensor] = [torch.empty(0)] * L
-        e = r[:, None] * Wh[kp]  # (P, H_L)
+        d_ext: list[torch.Tensor] = [torch.empty(0)] * L
+        e = Wh.index_select(0, kp).mul_(r[:, None])  # (P, H_L)
         for li in range(L - 1, -1, -1):
-            d = e * (a_list[li][bp] > 0).to(dtype)
-            deltas[li] = d
+            d = torch.zeros(P + 1, a_list[li].shape[1], dtype=dtype, device=dev)
+            torch.index_select((a_list[li] > 0).to(dtype), 0, bp, out=d[:P])
+            d[:P].mul_(e)
+            d_ext[li] = d
             if li > 0:
-                e = d @ model.layers[li - 1].weight
-        X = _dense_rows(batch, model.n_features, dtype)
-        M1 = X @ X.T + 1.0  # (B, B): first-layer Gram, + 1 for the bias
+                e = d[:P] @ model.layers[li - 1].weight
+        del e
+        # (B, B) first-layer Gram X X^T + 1 (+ 1: the bias); row b of X X^T is the sum of the
+        # columns of X at row b's set bits: an EmbeddingBag over X^T, about 50 B^2 additions
+        # instead of a B^2 F GEMM
+        XT = _dense_rows(batch, model.n_features, dtype).T.contiguous()
+        M1 = F.embedding_bag(batch.indices, XT, batch.offsets, mode="sum").add_(1.0)
 
         inner = None
         if gradients and P:
-            inner = _gradient_inner(h_list, deltas, M1, bp, kp, n_t, chunk)
+            inner = _gradient_inner(h_list, d_ext, M1, bp, kp, n_t, chunk)
         elif gradients:
             inner = np.full((K, K), np.nan)
 
@@ -657,7 +772,7 @@ def lookahead_fast(
                     model,
                     a_list,
                     h_list,
-                    deltas,
+                    d_ext,
                     M1,
                     z,
                     y_t,
