@@ -54,6 +54,12 @@ def test_dry_run_prints_the_stored_study_commands(capsys):
     # Stages without a command are listed as such, not dropped.
     todo = [s["name"] for s in plan("full") if not s["command"]]
     assert todo and all(any(f"# {n}: no CLI yet" in line for line in out) for n in todo)
+    # --scheduler/--workers reach the train stages only.
+    args = ["study", "--dry-run", "--only", "kiba-compound-stl,foundation-*"]
+    assert main([*args, "--scheduler", "tcp://h:1", "--workers", "3"]) == 0
+    train, found = capsys.readouterr().out.splitlines()
+    assert "--scheduler tcp://h:1 --workers 3 --store" in train
+    assert found.startswith("mtlc foundation") and "--scheduler" not in found
 
 
 @pytest.mark.parametrize(

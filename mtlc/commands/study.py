@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,15 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--summary-json", default=None, help="also write the run summary to this JSON file"
     )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="local|tcp://HOST:PORT",
+        help="passed to every mtlc train stage: train its chunks on Dask (same stores)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="with --scheduler local: worker processes"
+    )
     p.set_defaults(func=run)
 
 
@@ -100,13 +110,25 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(tempfile.mkdtemp(prefix="mtlc-study-smoke-"))
 
 
-def _argv(stage: dict, root: Path) -> list[str]:
-    return [*stage["command"], "--store", str(root / stage["store"])]
+def _argv(stage: dict, root: Path, extra: Sequence[str] = ()) -> list[str]:
+    """``mtlc`` arguments of a stage: its command, ``extra`` for train stages, its store."""
+    more = list(extra) if stage["command"][0] == "train" else []
+    return [*stage["command"], *more, "--store", str(root / stage["store"])]
 
 
-def _shell(stage: dict, root: Path) -> str:
+def _train_extra(args: argparse.Namespace) -> list[str]:
+    """Options ``mtlc study`` passes on to every ``mtlc train`` stage."""
+    out = []
+    if args.scheduler:
+        out += ["--scheduler", args.scheduler]
+    if args.workers is not None:
+        out += ["--workers", str(args.workers)]
+    return out
+
+
+def _shell(stage: dict, root: Path, extra: Sequence[str] = ()) -> str:
     """The stage as a shell command; a store under the current directory is shown relative."""
-    argv = _argv(stage, root)
+    argv = _argv(stage, root, extra)
     rel = os.path.relpath(argv[-1])
     if not rel.startswith(".."):
         argv[-1] = rel
@@ -194,16 +216,18 @@ def _list(stages: list[dict], root: Path) -> int:
     return 0
 
 
-def _dry_run(stages: list[dict], root: Path) -> int:
+def _dry_run(stages: list[dict], root: Path, extra: Sequence[str] = ()) -> int:
     for s in stages:
         if s["command"]:
-            print(_shell(s, root))
+            print(_shell(s, root, extra))
         else:
             print(f"# {s['name']}: {s['note']}")
     return 0
 
 
-def _run_stage(stage: dict, root: Path, designs: _Designs) -> dict[str, Any]:
+def _run_stage(
+    stage: dict, root: Path, designs: _Designs, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     from mtlc.cli import build_parser
 
     store = root / stage["store"]
@@ -212,7 +236,7 @@ def _run_stage(stage: dict, root: Path, designs: _Designs) -> dict[str, Any]:
     row: dict[str, Any] = {
         "stage": stage["name"],
         "store": str(store),
-        "command": _shell(stage, root),
+        "command": _shell(stage, root, extra),
     }
     row["jobs"] = None if ids is None else len(ids)
     row["skipped"] = len(before) if ids is None else len(ids & before)
@@ -220,7 +244,7 @@ def _run_stage(stage: dict, root: Path, designs: _Designs) -> dict[str, Any]:
     exact_rss = _peak_rss_reset()
     t0 = time.perf_counter()
     try:
-        args = build_parser().parse_args(_argv(stage, root))
+        args = build_parser().parse_args(_argv(stage, root, extra))
         rc = int(args.func(args) or 0)
         row["status"] = "ok" if rc == 0 else f"exit {rc}"
     except MtlcError as exc:
@@ -263,7 +287,9 @@ def _summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _run_all(stages: list[dict], root: Path, summary_json: str | None) -> int:
+def _run_all(
+    stages: list[dict], root: Path, summary_json: str | None, extra: Sequence[str] = ()
+) -> int:
     designs = _Designs()
     rows: list[dict[str, Any]] = []
     print(f"mtlc study: {len(stages)} stages, stores under {root}", file=sys.stderr)
@@ -272,7 +298,7 @@ def _run_all(stages: list[dict], root: Path, summary_json: str | None) -> int:
             if not s["command"]:
                 rows.append({"stage": s["name"], "status": f"not run: {s['note']}"})
                 continue
-            rows.append(_run_stage(s, root, designs))
+            rows.append(_run_stage(s, root, designs, extra))
     except KeyboardInterrupt:
         print(_summary(rows))
         print("mtlc study: interrupted; stored jobs are kept, rerun to resume", file=sys.stderr)
@@ -351,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list(stages, root)
     if args.dry_run:
-        return _dry_run(stages, root)
+        return _dry_run(stages, root, _train_extra(args))
     if args.verify is not None:
         return _verify(stages, root, args)
-    return _run_all(stages, root, args.summary_json)
+    return _run_all(stages, root, args.summary_json, _train_extra(args))
