@@ -113,8 +113,17 @@ class FleetStats:
     n_features: int = 2048
 
     @classmethod
-    def of(cls, X: sp.csr_matrix, m: PreparedModel, n_rows: int) -> FleetStats:
-        cnt = np.diff(X.indptr)
+    def of(
+        cls,
+        X: sp.csr_matrix,
+        m: PreparedModel,
+        n_rows: int,
+        *,
+        counts: np.ndarray | None = None,
+    ) -> FleetStats:
+        """Stats of a prepared model with ``n_rows`` trainable rows (``counts``: bits per row
+        of ``X``, when already computed)."""
+        cnt = np.diff(X.indptr) if counts is None else counts
         return cls(
             n_rows=int(n_rows),
             n_heads=m.n_heads,
@@ -159,41 +168,61 @@ def fleet_memory(stats: Sequence[FleetStats], config: TrainConfig) -> dict[str, 
 
     The inputs (the data set, the prepared models) are the caller's and are not counted.
     """
-    cfg = config
-    item = 4 if cfg.dtype == "float32" else 8
-    M = len(stats)
-    if M == 0:
-        return {"total": 0}
-    R = max(s.n_rows for s in stats)
-    T = max(s.n_heads for s in stats)
-    h0 = cfg.hidden[0]
-    nf = max(s.n_features for s in stats)
-    n_tr = sum(s.n_train for s in stats)
-    n_va = sum(s.n_val for s in stats)
-    n_te = sum(s.n_test for s in stats)
-    nnz_tr = sum(s.nnz_train for s in stats)
-    b = min(cfg.batch_size, max(s.n_train for s in stats))
-    widths = sum(cfg.hidden)
-    out = {
-        "state": M * fleet_bytes(R, T, cfg),
-        "labels": (n_tr + n_va + 2) * T,
-        "bits": 4 * (nnz_tr + sum(s.nnz_val + s.nnz_test for s in stats))
-        + 8 * (n_tr + n_va + n_te + 3),
-        "frozen": (n_va + n_te + 2) * h0 * item,
-        # set-up only: the float64 frozen sums of every model before they are stacked, and one
-        # model's full-width initial weights (float32 and a float64 copy)
-        "setup": (n_va + n_te) * h0 * 8 + nf * h0 * 12,
-        # em, ec, eg (int32 each) + per epoch: sort order (int64), step ids (int16), row maps
-        "entries": nnz_tr * (12 + 8 + 2) + n_tr * 10,
-        # per model and batch slot: ~8 live (k, b, H) tensors per hidden layer (pre-activation,
-        # ReLU, dropout mask, masked, their gradients) and ~8 (k, b, T) ones (logits, codes,
-        # labels, mask, loss terms, gradients); the transposed batch matrix holds ~60 bits per
-        # compound (int64 column + value) and a row pointer per trainable row
-        "step": M * b * (8 * widths + 8 * T) * item + M * b * 60 * (8 + item) + M * R * 8,
-        "eval": 2_000_000 * (4 * item + 8) + 2_000_000 // h0 * T * (8 + 3 * item),
-    }
-    out["total"] = sum(out.values())
-    return out
+    agg = _Agg()
+    for st in stats:
+        agg.add(st)
+    return agg.memory(config)
+
+
+class _Agg:
+    """Running sums and maxima of :class:`FleetStats` (the planner adds models one by one)."""
+
+    def __init__(self) -> None:
+        self.M = self.R = self.T = self.nf = self.max_tr = 0
+        self.n_tr = self.n_va = self.n_te = self.nnz_tr = self.nnz_vt = 0
+
+    def add(self, s: FleetStats) -> None:
+        self.M += 1
+        self.R, self.T = max(self.R, s.n_rows), max(self.T, s.n_heads)
+        self.nf, self.max_tr = max(self.nf, s.n_features), max(self.max_tr, s.n_train)
+        self.n_tr += s.n_train
+        self.n_va += s.n_val
+        self.n_te += s.n_test
+        self.nnz_tr += s.nnz_train
+        self.nnz_vt += s.nnz_val + s.nnz_test
+
+    def copy(self) -> _Agg:
+        out = _Agg()
+        out.__dict__.update(self.__dict__)
+        return out
+
+    def memory(self, cfg: TrainConfig) -> dict[str, int]:
+        if self.M == 0:
+            return {"total": 0}
+        item = 4 if cfg.dtype == "float32" else 8
+        M, R, T, h0 = self.M, self.R, self.T, cfg.hidden[0]
+        n_tr, n_va, n_te = self.n_tr, self.n_va, self.n_te
+        b = min(cfg.batch_size, self.max_tr)
+        widths = sum(cfg.hidden)
+        out = {
+            "state": M * fleet_bytes(R, T, cfg),
+            "labels": (n_tr + n_va + 2) * T,
+            "bits": 4 * (self.nnz_tr + self.nnz_vt) + 8 * (n_tr + n_va + n_te + 3),
+            "frozen": (n_va + n_te + 2) * h0 * item,
+            # set-up only: the float64 frozen sums of every model before they are stacked, and
+            # one model's full-width initial weights (float32 and a float64 copy)
+            "setup": (n_va + n_te) * h0 * 8 + self.nf * h0 * 12,
+            # em, ec, eg (int32 each) + per epoch: sort order (int64), step ids (int16), row maps
+            "entries": self.nnz_tr * (12 + 8 + 2) + n_tr * 10,
+            # per model and batch slot: ~8 live (k, b, H) tensors per hidden layer
+            # (pre-activation, ReLU, dropout mask, masked, their gradients) and ~8 (k, b, T) ones
+            # (logits, codes, labels, mask, loss terms, gradients); the transposed batch matrix
+            # holds ~60 bits per compound (int64 column + value) and a row pointer per row
+            "step": M * b * (8 * widths + 8 * T) * item + M * b * 60 * (8 + item) + M * R * 8,
+            "eval": 2_000_000 * (4 * item + 8) + 2_000_000 // h0 * T * (8 + 3 * item),
+        }
+        out["total"] = sum(out.values())
+        return out
 
 
 def plan_fleets(
@@ -216,6 +245,7 @@ def plan_fleets(
     budget = config.memory_budget_mb * 2**20 if max_bytes is None else int(max_bytes)
     if bits is None:
         bits = [_trainable_bits(X, m.train_compounds, config.weight_decay > 0) for m in models]
+    counts = np.diff(X.indptr)
     groups: dict[int, list[int]] = {}
     for i, m in enumerate(models):
         groups.setdefault(m.n_heads, []).append(i)
@@ -227,16 +257,17 @@ def plan_fleets(
             info.append((-models[i].n_batches(config.batch_size), -r, i, r))
         info.sort()
         cur: list[int] = []
-        cur_stats: list[FleetStats] = []
+        agg = _Agg()
         for _, _, i, r in info:
-            st = FleetStats.of(X, models[i], r)
-            if cur and (
-                len(cur) >= max_models or fleet_memory([*cur_stats, st], config)["total"] > budget
-            ):
+            st = FleetStats.of(X, models[i], r, counts=counts)
+            nxt = agg.copy()
+            nxt.add(st)
+            if cur and (len(cur) >= max_models or nxt.memory(config)["total"] > budget):
                 fleets.append(cur)
-                cur, cur_stats = [], []
+                cur, nxt = [], _Agg()
+                nxt.add(st)
             cur.append(i)
-            cur_stats.append(st)
+            agg = nxt
         if cur:
             fleets.append(cur)
     return fleets
