@@ -120,3 +120,41 @@ def test_cli_names_unknown_notebook():
     assert proc.returncode == 2
     assert "99_nope" in proc.stderr and "available:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _headline_map() -> dict[str, tuple[str, str]]:
+    """The findings page's HEADLINE dict ({name: (chapter, key)}), read from its source."""
+    import ast
+
+    nb = nbformat.read(str(ROOT / "notebooks" / "06_findings.ipynb"), as_version=4)
+    for cell in nb.cells:
+        for node in ast.walk(ast.parse(cell.source)) if cell.cell_type == "code" else ():
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "HEADLINE":
+                return ast.literal_eval(node.value)
+    raise AssertionError("06_findings.ipynb defines no HEADLINE dict")
+
+
+def test_findings_page_repeats_the_chapters_exactly(executed):
+    from mtlc.report import read_glue
+
+    findings = read_glue(executed("06_findings"))
+    names = {"01": "01_data", "02": "02_learning_curves", "03": "03_curve_fits"}
+    names |= {"04": "04_pairwise_and_tag", "05": "05_foundation_context"}
+    chapters = {ch: read_glue(executed(name)) for ch, name in names.items()}
+    headline = _headline_map()
+    assert len(headline) >= 30
+    assert findings["n_absent_keys"] == 0, "a chapter no longer glues a key the findings quote"
+    stale = "stale findings page: run `mtlc book execute 06` after re-executing a chapter"
+    for name, (ch, key) in headline.items():
+        assert findings[name] == chapters[ch][key], (name, ch, key, stale)
+    # the direction words follow the numbers they summarise
+    gap = chapters["02"]["auc_compound_mean"] - chapters["02"]["auc_scaffold_mean"]
+    assert findings["split_word"] == ("harder" if gap > 0 else "easier" if gap < 0 else "as hard")
+    assert (findings["mtl_word"] == "raises") == (chapters["02"]["mtl_gain_scaffold"] > 0)
+    ratio = chapters["04"]["power_random_design_backward"] / chapters["04"]["power_tag_backward"]
+    assert findings["rd_cost_ratio"] == pytest.approx(ratio)
+    # run times and profiles come from papermill's record in each executed chapter
+    for ch, name in names.items():
+        meta = nbformat.read(str(executed(name)), as_version=4).metadata["papermill"]
+        assert findings[f"seconds_{ch}"] == pytest.approx(meta["duration"]), stale
+        assert meta["parameters"]["profile"] in findings["chapter_profiles"]
