@@ -9,7 +9,8 @@ Each profile is a list of stages. A stage is a dict with
 ``command``
     the ``mtlc`` sub-command and its arguments, **without** ``--store`` (``None`` when the
     stage has no command-line entry point yet: it is listed and reported, never silently
-    skipped);
+    skipped). An argument may hold ``{root}``, replaced by the output root (for paths other than the
+    store, e.g. a cache directory).
 ``store``
     the results-store directory the stage writes, relative to the output root (the repository
     for the full profile);
@@ -99,11 +100,35 @@ FULL: list[dict[str, Any]] = [
     *_curve_stages("kinase200", "results/learning_curves_kinase200", {}),
     {
         "name": "foundation-kiba-scaffold",
-        "what": "foundation-model context effects, kiba, 20 largest targets, scaffold split",
-        # TODO(lead): the foundation engineer fixes the final arguments this session
-        # (results/README.md); keep this command equal to the one written there.
-        "command": ["foundation", "--dataset", "kiba", "--split", "scaffold", "--targets", "20"],
-        "store": "results/foundation",
+        "what": "foundation-model context effects, kiba, 20 largest targets, scaffold folds 0-2",
+        # TODO(lead): the arguments of the stored run as read from its running processes on
+        # 2026-11-22 (it ran one process per fold); keep equal to results/README.md.
+        "command": [
+            "foundation",
+            *["--dataset", "kiba", "--split", "scaffold", "--folds", "10"],
+            *["--fold-subset", "0,1,2", "--targets", "20", "--contexts", "auto"],
+            *["--hidden", "128", "--epochs", "15", "--patience", "4", "--batch-size", "256"],
+            *["--pretrain-epochs", "60", "--min-steps", "100", "--size-ratio", "2"],
+            *["--cache", "{root}/results/foundation_trunks"],
+        ],
+        "store": "results/foundation/kiba_scaffold",
+        "measured": None,
+        "note": "",
+    },
+    {
+        "name": "kiba-selection",
+        "what": "task selection: top-5 partners by TAG / gradient cosine vs random vs all, kiba",
+        # TODO(lead): as for the foundation stage.
+        "command": [
+            "foundation",
+            "--selection",
+            *["--dataset", "kiba", "--split", "scaffold", "--folds", "10"],
+            *["--fold-subset", "0,1,2", "--targets", "20", "--k", "5", "--n-random", "2"],
+            *["--tag-epochs", "10", "--hidden", "128", "--epochs", "15", "--patience", "4"],
+            *["--batch-size", "256", "--min-steps", "100", "--min-val-compounds", "8"],
+            *["--size-ratio", "2"],
+        ],
+        "store": "results/foundation/selection_kiba_scaffold",
         "measured": None,
         "note": "",
     },
@@ -127,11 +152,6 @@ FULL: list[dict[str, Any]] = [
         "kinase200-tag",
         "TAG inter-task affinities and task groups, kinase200",
         "no CLI yet (mtlc.affinity.tag_train)",
-    ),
-    _pending(
-        "kiba-selection",
-        "task selection: each estimator's partners vs random vs all, kiba",
-        "no CLI yet: chapter 05 computes it (mtlc.selection.run_selection)",
     ),
 ]
 

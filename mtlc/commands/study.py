@@ -113,7 +113,8 @@ def _root(args: argparse.Namespace) -> Path:
 def _argv(stage: dict, root: Path, extra: Sequence[str] = ()) -> list[str]:
     """``mtlc`` arguments of a stage: its command, ``extra`` for train stages, its store."""
     more = list(extra) if stage["command"][0] == "train" else []
-    return [*stage["command"], *more, "--store", str(root / stage["store"])]
+    cmd = [a.replace("{root}", str(root)) for a in stage["command"]]
+    return [*cmd, *more, "--store", str(root / stage["store"])]
 
 
 def _train_extra(args: argparse.Namespace) -> list[str]:
@@ -129,9 +130,9 @@ def _train_extra(args: argparse.Namespace) -> list[str]:
 def _shell(stage: dict, root: Path, extra: Sequence[str] = ()) -> str:
     """The stage as a shell command; a store under the current directory is shown relative."""
     argv = _argv(stage, root, extra)
-    rel = os.path.relpath(argv[-1])
-    if not rel.startswith(".."):
-        argv[-1] = rel
+    for k, a in enumerate(argv):
+        if a.startswith(str(root)) and not os.path.relpath(a).startswith(".."):
+            argv[k] = os.path.relpath(a)
     return "mtlc " + " ".join(shlex.quote(a) for a in argv)
 
 
