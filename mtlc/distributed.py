@@ -28,8 +28,9 @@ How it is built, and why:
 - **Threads.** Local clusters use one thread per worker process, and every chunk sets
   ``torch.set_num_threads(torch_threads)`` (1 by default): small networks gain nothing from
   more threads, and one thread keeps the numbers independent of the worker's thread count.
-- **Chunks in flight** are capped (``max_in_flight``, default twice the cluster's threads) so
-  that a large grid's spec arrays are not all shipped to the scheduler at once.
+- **Chunks in flight** are capped (``max_in_flight``, default twice the threads of the workers
+  present, re-read as chunks complete, so an adaptive cluster that grows gets more) so that a
+  large grid's spec arrays are not all shipped to the scheduler at once.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pandas as pd
@@ -311,10 +312,17 @@ def run_design_dask(
                     store_chunk(k, [], [])
             pending = [k for k, (_, trainable, _) in enumerate(chunks) if trainable]
             if pending:
-                if client is not None:
+                connect = (
+                    nullcontext(client)
+                    if client is not None
+                    else dask_client(
+                        scheduler, n_workers=n_workers, connect_timeout=connect_timeout
+                    )
+                )
+                with connect as cl:
                     lost = _run_chunks(
                         distributed,
-                        client,
+                        cl,
                         ds,
                         chunks,
                         pending,
@@ -324,22 +332,6 @@ def run_design_dask(
                         max_in_flight,
                         store_chunk,
                     )
-                else:
-                    with dask_client(
-                        scheduler, n_workers=n_workers, connect_timeout=connect_timeout
-                    ) as cl:
-                        lost = _run_chunks(
-                            distributed,
-                            cl,
-                            ds,
-                            chunks,
-                            pending,
-                            config,
-                            trainer,
-                            torch_threads,
-                            max_in_flight,
-                            store_chunk,
-                        )
         finally:
             bar.close()
     if dropped_cols:
@@ -387,16 +379,21 @@ def _run_chunks(
     from distributed.scheduler import KilledWorker
     from distributed.utils import CancelledError
 
-    if max_in_flight is None:
-        info = client.scheduler_info()
-        threads = sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values())
-        if threads == 0:
-            print(
-                f"mtlc: the Dask scheduler at {client.scheduler.address} has no workers yet; "
-                "the chunks wait for workers to join",
-                file=sys.stderr,
-            )
-        max_in_flight = max(2, 2 * threads)
+    def window() -> int:
+        """Chunks to keep submitted: fixed, or twice the threads of the workers now present."""
+        if max_in_flight is not None:
+            return max(1, int(max_in_flight))
+        try:
+            return max(2, 2 * sum(client.nthreads().values()))
+        except (OSError, distributed.comm.CommClosedError):
+            return 2  # the next result reports the lost connection
+
+    if not client.nthreads():
+        print(
+            f"mtlc: the Dask scheduler at {client.scheduler.address} has no workers yet; "
+            "the chunks wait for workers to join",
+            file=sys.stderr,
+        )
     with warnings.catch_warnings():
         # The data set travels in the graph on purpose (lineage, see the module docstring).
         warnings.filterwarnings("ignore", message=".*[Ll]arge graph.*")
@@ -425,7 +422,8 @@ def _run_chunks(
 
     lost: list[tuple[int, str]] = []
     try:
-        while queue and ac.count() < max_in_flight:
+        want = window()
+        while queue and ac.count() < want:
             submit_next()
         for fut in ac:
             k = owner.pop(fut.key)
@@ -433,7 +431,19 @@ def _run_chunks(
                 rows, more_failed = fut.result()
             except KilledWorker as exc:
                 lost.append((k, f"KilledWorker: {str(exc).splitlines()[0][:200]}"))
-            except (MemoryError, ImportError) as exc:
+            except (OSError, distributed.comm.CommClosedError) as exc:
+                raise MtlcError(
+                    f"lost the connection to the Dask scheduler ({type(exc).__name__}: {exc}); "
+                    "finished chunks are stored, rerun the same command to resume"
+                ) from None
+            except CancelledError as exc:
+                raise MtlcError(
+                    f"the Dask cluster cancelled a chunk ({exc}); finished chunks are stored, "
+                    "rerun the same command to resume"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - not a job's failure (those are rows)
+                # _train_chunk turns a spec's exception into a failure row, so what reaches
+                # here is the worker's: MemoryError, ImportError, unpicklable data, ...
                 raise MtlcError(
                     f"a Dask worker could not train chunk {k}: {type(exc).__name__}: {exc} "
                     "(the workers need mtlc and its training dependencies installed, and "
@@ -444,17 +454,9 @@ def _run_chunks(
             finally:
                 fut.release()
             if queue:
-                submit_next()
-    except (OSError, distributed.comm.CommClosedError) as exc:
-        raise MtlcError(
-            f"lost the connection to the Dask scheduler ({type(exc).__name__}: {exc}); "
-            "finished chunks are stored, rerun the same command to resume"
-        ) from None
-    except CancelledError as exc:
-        raise MtlcError(
-            f"the Dask cluster cancelled a chunk ({exc}); finished chunks are stored, rerun the "
-            "same command to resume"
-        ) from None
+                want = window()
+                while queue and ac.count() < want:
+                    submit_next()
     finally:
         for fut in list(ac.futures):
             fut.cancel()

@@ -15,13 +15,17 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from standin_trainer import centroid_trainer, small_synthetic
 
 from mtlc.cli import main
+from mtlc.errors import MtlcError
 from mtlc.store import ResultsStore
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
@@ -182,6 +186,55 @@ def test_killed_worker_job_reruns_elsewhere_nothing_lost_or_duplicated(
             for a, b, why in moves
         ), moves
         assert ("processing", "memory") in [(a, b) for a, b, _ in moves], moves
+
+
+@dataclass(frozen=True)
+class _KillConfig:
+    """Stand-in config: the worker training ``kill_job`` dies (SIGKILL) every time."""
+
+    kill_job: str
+
+    def hash(self) -> str:
+        return "kill0"
+
+
+def _killing_trainer(ds, specs, config, *, progress=None):
+    if any(s.key["job_id"] == config.kill_job for s in specs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return centroid_trainer(ds, specs, config, progress=progress)
+
+
+def test_chunk_that_keeps_killing_workers_is_reported_not_stored(tmp_path, cluster):
+    from mtlc.designs import DesignContext, make_design
+    from mtlc.distributed import run_design_dask
+
+    cl, client = cluster
+    client.wait_for_workers(1, timeout=120)
+    ds = small_synthetic()
+    folds = np.random.default_rng(0).integers(0, 3, ds.n_compounds)
+    ctx = DesignContext(dataset=ds.name, config_hash="kill0")
+    specs = make_design(ds, folds, regime="stl", ctx=ctx, sizes=[16, 32], fold_subset=[0]).specs[:8]
+    ids = [s.key["job_id"] for s in specs]
+    # One chunk in flight: Dask counts a worker's death against every task it held, and this
+    # test wants the one chunk that kills it. allowed-failures 0: no retry, one death suffices.
+    old = cl.scheduler.allowed_failures
+    cl.scheduler.allowed_failures = 0
+    try:
+        with pytest.raises(MtlcError, match=r"jobs in 1 chunks were not stored.*Rerun"):
+            run_design_dask(
+                ds, specs, tmp_path, _KillConfig(ids[5]), client=client, chunk_size=2,
+                max_in_flight=1, trainer=_killing_trainer, progress=False,
+            )  # fmt: skip
+    finally:
+        cl.scheduler.allowed_failures = old
+    assert ResultsStore(tmp_path).done_job_ids() == set(ids) - {ids[4], ids[5]}
+    # A rerun (here without the planted kill) trains only the lost chunk.
+    s = run_design_dask(
+        ds, specs, tmp_path, _KillConfig(""), client=client, chunk_size=2,
+        trainer=centroid_trainer, progress=False,
+    )  # fmt: skip
+    assert (s.skipped, s.done + s.failed) == (6, 2)
+    assert ResultsStore(tmp_path).done_job_ids() == set(ids)
 
 
 def _descendants(pid: int) -> set[int]:
