@@ -433,7 +433,7 @@ def _exact_lookahead(
     # the arithmetic that fills them.
     c_max = min(chunk, S)
     buf_da = [torch.empty(c_max, B, h.shape[1], dtype=dtype, device=dev) for h in h_list[:n_full]]
-    buf_dh = [torch.empty_like(b) for b in buf_da]
+    buf_dz = None
     for c0 in range(0, S, chunk):
         sl = slice(c0, c0 + chunk)
         r_c = int(counts[c0])  # the chunk's longest pair list (sources sorted by count)
@@ -442,7 +442,7 @@ def _exact_lookahead(
         rows_out = perm_np[sl]
         dh: torch.Tensor | None = None
         for li in range(n_full):
-            da, out_dh = buf_da[li][:C], buf_dh[li][:C]
+            da = buf_da[li][:C]
             if li == 0:
                 # first layer: da1 = -lr (X X^T + 1)[:, R_i] delta_1[R_i]  (M1 is symmetric)
                 torch.bmm(M1s[rp].transpose(1, 2), d_ext[0][pi], out=da)
@@ -453,9 +453,12 @@ def _exact_lookahead(
                 Tt_l = torch.baddbmm(Hgs[li - 1][rp], hb_l[rp], dh.transpose(1, 2))  # (C, r, B)
                 torch.matmul(dh, W.T, out=da)
                 da.baddbmm_(Tt_l.transpose(1, 2), d_ext[li][pi], alpha=-lr)
-            dh = torch.maximum(da, neg_a[li], out=out_dh).add_(a_min0[li])
+            dh = torch.maximum(da, neg_a[li], out=da).add_(a_min0[li])  # in place
         if path == "dense":
-            out[rows_out] = (-_pair_head_loss(dh, head, K) / base).double().cpu().numpy()
+            if buf_dz is None:
+                buf_dz = torch.empty(head.W.shape[0] * c_max, dtype=dtype, device=dev)
+            dL = _pair_head_loss(dh, head, K, buf=buf_dz)
+            out[rows_out] = (-dL / base).double().cpu().numpy()
             continue
         else:
             # coefficients of the last layer's lookahead term, (C, r_max, B) layout
@@ -520,14 +523,14 @@ class _PairHead:
     Bucket ``(b0, b1, t, off)``: rows ``b0:b1`` (rows are sorted by decreasing pair count),
     each padded to ``t`` slots, at ``off`` in the flat slot order. Per slot: ``W`` the head
     row of the slot's task ``(n_slots, H)``, ``task`` its index (``K`` for padding),
-    ``sgn = 2 y - 1`` (0 for padding, which makes the slot's loss change exactly 0) and
+    ``neg_sgn = 1 - 2 y`` (0 for padding, which makes the slot's loss change exactly 0) and
     ``sig_neg = sigmoid(-sgn z)`` at the unperturbed logit.
     """
 
     buckets: list[tuple[int, int, int, int]]
     W: torch.Tensor
     task: torch.Tensor
-    sgn: torch.Tensor
+    neg_sgn: torch.Tensor
     sig_neg: torch.Tensor
 
 
@@ -570,10 +573,12 @@ def _pair_head_tables(
     yp, zp = y[bp[safe], kp[safe]], z[bp[safe], kp[safe]]
     sgn = torch.where(real, 2 * yp - 1, torch.zeros_like(yp))
     sig_neg = torch.where(real, torch.sigmoid(-sgn * zp), torch.zeros_like(zp))
-    return _PairHead(buckets, W, task, sgn[:, None], sig_neg[:, None])
+    return _PairHead(buckets, W, task, -sgn[:, None], sig_neg[:, None])
 
 
-def _pair_head_loss(dh: torch.Tensor, head: _PairHead, K: int) -> torch.Tensor:
+def _pair_head_loss(
+    dh: torch.Tensor, head: _PairHead, K: int, *, buf: torch.Tensor | None = None
+) -> torch.Tensor:
     """Summed loss change ``(C, K)`` of every target task for the chunk's sources.
 
     ``dh``: ``(C, B, H)`` change of the last hidden layer per source. The logit change at
@@ -583,8 +588,10 @@ def _pair_head_loss(dh: torch.Tensor, head: _PairHead, K: int) -> torch.Tensor:
     ``bce(z + dz) - bce(z) = log1p(sigmoid(-s z) expm1(-s dz))`` (``s = 2 y - 1``), exact and
     precise when ``dz`` is small.
     """
-    C = dh.shape[0]
-    dz = torch.empty(head.W.shape[0], C, dtype=dh.dtype, device=dh.device)
+    C, n_slots = dh.shape[0], head.W.shape[0]
+    if buf is None:
+        buf = torch.empty(n_slots * C, dtype=dh.dtype, device=dh.device)
+    dz = buf[: n_slots * C].view(n_slots, C)  # reused across chunks
     for b0, b1, t, off in head.buckets:
         nb = b1 - b0
         torch.bmm(
@@ -592,7 +599,8 @@ def _pair_head_loss(dh: torch.Tensor, head: _PairHead, K: int) -> torch.Tensor:
             dh[:, b0:b1, :].permute(1, 2, 0),
             out=dz[off : off + nb * t].view(nb, t, C),
         )
-    dl = torch.log1p(head.sig_neg * torch.expm1(-head.sgn * dz))
+    # in place: dz becomes the per-pair loss change
+    dl = dz.mul_(head.neg_sgn).expm1_().mul_(head.sig_neg).log1p_()
     dL = torch.zeros(K + 1, C, dtype=dh.dtype, device=dh.device).index_add_(0, head.task, dl)
     return dL[:K].T
 
