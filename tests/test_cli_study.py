@@ -163,10 +163,15 @@ def test_rebuilt_designs_equal_the_stored_jobs(smoke):
 def test_verify_passes_on_the_smoke_store_and_catches_a_changed_one(smoke, tmp_path, capsys):
     from mtlc.store import ResultsStore
 
-    args = ["study", "--profile", "smoke", "--only", "synthetic-*", "--verify", "3"]
-    assert main([*args, "--out", str(smoke["root"])]) == 0
+    base = ["study", "--profile", "smoke", "--verify", "3"]
+    args = [*base, "--only", "synthetic-*"]
+    only = "synthetic-*,foundation-*,kiba-tag"
+    assert main([*base, "--only", only, "--out", str(smoke["root"])]) == 0
     out = capsys.readouterr().out
     assert "REPRODUCED" in out and "max |stored - retrained| = 0" in out
+    # Stages --verify cannot check are named, not passed over in silence.
+    assert "foundation-kiba-scaffold: not verified (--verify covers mtlc train" in out
+    assert "kiba-tag: not verified (no command yet)" in out
     # A store whose numbers differ from what the code gives: every job's values shifted.
     bad = tmp_path / "bad"
     shutil.copytree(smoke["root"] / "learning_curves_synthetic", bad / "learning_curves_synthetic")

@@ -157,7 +157,10 @@ def _store_ids(path: Path) -> tuple[set[str], set[str]]:
 class _Designs:
     """Job ids of each train stage's design, built without training (data sets loaded once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_data: bool = True) -> None:
+        # A study run does not keep data sets between stages: they would add to every later
+        # stage's memory (kinase200 holds about 0.8 GB); --list keeps them to load each once.
+        self.keep_data = keep_data
         self._data: dict[tuple, Any] = {}
 
     def job_ids(self, stage: dict) -> set[str] | None:
@@ -168,7 +171,8 @@ class _Designs:
         ns = train_namespace(stage["command"][1:])
         key = (ns.dataset, ns.recipe, tuple(ns.dataset_arg))
         inputs = study_design(ns, dataset=self._data.get(key))
-        self._data[key] = inputs.loaded
+        if self.keep_data:
+            self._data[key] = inputs.loaded
         return {s.key["job_id"] for s in inputs.design}
 
 
@@ -291,7 +295,7 @@ def _summary(rows: list[dict]) -> str:
 def _run_all(
     stages: list[dict], root: Path, summary_json: str | None, extra: Sequence[str] = ()
 ) -> int:
-    designs = _Designs()
+    designs = _Designs(keep_data=False)
     rows: list[dict[str, Any]] = []
     print(f"mtlc study: {len(stages)} stages, stores under {root}", file=sys.stderr)
     try:
@@ -322,6 +326,9 @@ def _verify(stages: list[dict], root: Path, args: argparse.Namespace) -> int:
     for s in stages:
         if s["command"] and s["command"][0] == "train":
             by_store.setdefault(s["store"], []).append(s["command"][1:])
+        else:
+            why = "no command yet" if not s["command"] else "--verify covers mtlc train stages only"
+            print(f"{s['name']}: not verified ({why})")
     if not by_store:
         raise ConfigError("--verify: none of the selected stages is an mtlc train stage")
     threads = torch.get_num_threads()
