@@ -181,3 +181,54 @@ def test_verify_passes_on_the_smoke_store_and_catches_a_changed_one(smoke, tmp_p
     assert main([*args, "--out", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "NOT REPRODUCED" in out and "reproduced exactly" in out
+
+
+# ------------------------------------------------------------------ failures and interrupts
+def _tiny_syn(name: str, *extra: str) -> dict:
+    cmd = ["train", "--dataset", "synthetic", "--dataset-arg", "n_compounds=200"]
+    cmd += ["--dataset-arg", "n_tasks=3", "--folds", "2", "--fold-subset", "0"]
+    cmd += ["--sizes", "16", "--max-epochs", "1", "--hidden", "8", "--no-progress", *extra]
+    return {"name": name, "what": name, "command": cmd, "store": "s", "measured": None, "note": ""}
+
+
+def test_a_failing_stage_is_reported_and_the_others_run(monkeypatch, tmp_path, capsys):
+    from mtlc import study_plan
+
+    stages = [
+        _tiny_syn("bad-option", "--regime", "stl", "--oops"),
+        {
+            **_tiny_syn("bad-dataset", "--regime", "stl"),
+            "command": ["train", "--dataset", "nope", "--regime", "stl"],
+        },
+        _tiny_syn("good", "--regime", "stl"),
+    ]
+    monkeypatch.setitem(study_plan.PROFILES, "smoke", stages)
+    out = tmp_path / "summary.json"
+    rc = main(["study", "--profile", "smoke", "--out", str(tmp_path), "--summary-json", str(out)])
+    assert rc == 1
+    rows = {r["stage"]: r for r in json.loads(out.read_text())}
+    assert rows["bad-option"]["status"].startswith("failed: mtlc could not parse")
+    assert "unknown dataset" in rows["bad-dataset"]["status"]
+    assert rows["good"]["status"] == "ok" and rows["good"]["trained"] == rows["good"]["jobs"] > 0
+    text = capsys.readouterr().out
+    assert "FAILED" in text and "unknown dataset" in text
+
+
+def test_an_interrupt_prints_the_summary_so_far(monkeypatch, tmp_path, capsys):
+    from mtlc import study_plan
+    from mtlc.commands import study as cmd
+
+    stages = [_tiny_syn("first", "--regime", "stl"), _tiny_syn("second", "--regime", "mtl")]
+    monkeypatch.setitem(study_plan.PROFILES, "smoke", stages)
+    real = cmd._run_stage
+
+    def run_then_interrupt(stage, *a, **k):
+        if stage["name"] == "second":
+            raise KeyboardInterrupt
+        return real(stage, *a, **k)
+
+    monkeypatch.setattr(cmd, "_run_stage", run_then_interrupt)
+    assert main(["study", "--profile", "smoke", "--out", str(tmp_path)]) == 130
+    cap = capsys.readouterr()
+    assert "mtlc study summary" in cap.out and "first" in cap.out
+    assert "rerun to resume" in cap.err

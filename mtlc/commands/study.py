@@ -237,7 +237,10 @@ def _run_stage(
 
     store = root / stage["store"]
     before, _ = _store_ids(store)
-    ids = designs.job_ids(stage)
+    try:
+        ids = designs.job_ids(stage)
+    except MtlcError:
+        ids = None  # the stage's own command reports the problem below
     row: dict[str, Any] = {
         "stage": stage["name"],
         "store": str(store),
@@ -249,7 +252,12 @@ def _run_stage(
     exact_rss = _peak_rss_reset()
     t0 = time.perf_counter()
     try:
-        args = build_parser().parse_args(_argv(stage, root, extra))
+        try:
+            args = build_parser().parse_args(_argv(stage, root, extra))
+        except SystemExit as exc:  # argparse printed why
+            raise ConfigError(
+                f"mtlc could not parse the stage's arguments (exit {exc.code})"
+            ) from None
         rc = int(args.func(args) or 0)
         row["status"] = "ok" if rc == 0 else f"exit {rc}"
     except MtlcError as exc:
