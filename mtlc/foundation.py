@@ -460,6 +460,9 @@ class FoundationSummary:
     seconds: float = 0.0
     pretrain: list[dict[str, Any]] = field(default_factory=list)
     not_run: list[dict[str, Any]] = field(default_factory=list)
+    #: Job ids of every job of the call (run now or stored before): selects exactly this
+    #: configuration's rows in a store that also holds other runs.
+    job_ids: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (
@@ -645,6 +648,7 @@ def _run(
                             key["pretrain_epochs"] = int(pretrain_epochs)
                         jobs.append((mode, int(n), key, job_id(key, chash)))
                 summ.jobs += len(jobs)
+                summ.job_ids.extend(j[3] for j in jobs)
                 todo = [j for j in jobs if j[3] not in done_ids]
                 summ.skipped += len(jobs) - len(todo)
                 if not todo:

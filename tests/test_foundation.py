@@ -181,6 +181,7 @@ def test_rerun_is_resumed_from_store_and_cache(planted_run):
     ds, kw, summary, df = planted_run
     again = fd.run_foundation(ds, **kw)
     assert again.skipped == again.jobs == summary.jobs
+    assert sorted(again.job_ids) == sorted(summary.job_ids) == sorted(df["job_id"].unique())
     assert again.done == 0 and again.trunks_trained == 0
     # a fresh store but the same cache: every context trunk comes from disk
     kw2 = {**kw, "store": kw["store"].parent / "store2", "fold_subset": [0]}
