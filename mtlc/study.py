@@ -245,8 +245,7 @@ def _run_locked(
     dropped_cols: set[str] = set()
     labels = _PairLabels(ds)
     try:
-        for start in range(0, len(todo), max(1, int(chunk_size))):
-            chunk = todo[start : start + chunk_size]
+        for chunk in _chunks(todo, chunk_size, config):
             rows: list[pd.DataFrame] = []
             failed: list[dict[str, Any]] = []
             trainable = []
@@ -284,6 +283,35 @@ def _run_locked(
             stacklevel=2,
         )
     return summary
+
+
+def _spec_bytes(spec: Any) -> int:
+    """Bytes a prepared spec holds while its chunk trains: int8 label codes of its training
+    compounds x heads and of its test compounds x evaluation tasks, and its pair lists."""
+    rows = np.asarray(spec.train_rows)
+    heads = len(np.union1d(np.asarray(spec.train_cols), np.asarray(spec.eval_tasks)))
+    n_train = len(np.unique(rows)) if heads > 1 else len(rows)  # single task: pairs = compounds
+    return n_train * heads + len(spec.test_compounds) * len(spec.eval_tasks) + 16 * len(rows)
+
+
+def _chunks(todo: Sequence[Any], chunk_size: int, config: Any) -> Iterable[list[Any]]:
+    """Consecutive chunks of at most ``chunk_size`` specs whose prepared data stays within half
+    of ``config.memory_budget_mb`` (the other half is the fleet's own budget): many-head
+    (all-task) specs of a whole design in one chunk held several GB of labels at once."""
+    size = max(1, int(chunk_size))
+    mb = getattr(config, "memory_budget_mb", None)
+    budget = None if mb is None else int(mb) * 2**19
+    cur: list[Any] = []
+    used = 0
+    for s in todo:
+        need = _spec_bytes(s) if budget is not None else 0
+        if cur and (len(cur) >= size or (budget is not None and used + need > budget)):
+            yield cur
+            cur, used = [], 0
+        cur.append(s)
+        used += need
+    if cur:
+        yield cur
 
 
 def _train_chunk(ds, specs, config, trainer, bar) -> tuple[list[pd.DataFrame], list[tuple]]:

@@ -97,3 +97,21 @@ def test_budget_cuts_fleets_without_changing_numbers(ds):
 
 def test_budget_is_not_part_of_the_hash():
     assert TrainConfig(memory_budget_mb=100).hash() == TrainConfig().hash()
+
+
+def test_runner_chunks_bound_prepared_memory(ds):
+    """run_design's chunks: at most chunk_size specs and half the budget of prepared labels."""
+    from mtlc.study import _chunks, _spec_bytes
+
+    specs = [all_task_spec(ds, seed=s) for s in range(40)] + stl_specs(ds, 50)
+    cfg = TrainConfig()
+    assert [len(c) for c in _chunks(specs, 256, cfg)] == [len(specs)]
+    assert [len(c) for c in _chunks(specs, 16, cfg)] == [16, 16, 14]
+    one = _spec_bytes(specs[0])
+    assert one >= ds.n_tasks * 0.5 * ds.n_compounds  # codes of ~all compounds x all heads
+    tight = TrainConfig(memory_budget_mb=1)  # half of 1 MiB
+    per = 2**19 // one
+    chunks = list(_chunks(specs, 256, tight))
+    assert [s for c in chunks for s in c] == specs  # every spec once, in order
+    assert all(sum(_spec_bytes(s) for s in c) <= 2**19 or len(c) == 1 for c in chunks)
+    assert 1 < per < 40 and len(chunks[0]) == per  # the budget, not chunk_size, cut it
