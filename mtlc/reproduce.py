@@ -221,9 +221,7 @@ def sample_jobs(
     if max_level is not None:
         single = single[single["n_level"] <= max_level]
     if n_single > 0 and len(single):
-        per_split = [
-            g.iloc[rng.permutation(len(g))] for _, g in sorted(single.groupby("split"), key=str)
-        ]
+        per_split = [g.iloc[rng.permutation(len(g))] for _, g in single.groupby("split")]
         order = []
         for k in range(max(len(g) for g in per_split)):
             order += [g.iloc[[k]] for g in per_split if k < len(g)]
