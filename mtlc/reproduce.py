@@ -358,7 +358,7 @@ def verify_store(
         raise MtlcError(f"results store {st.path} holds no results: nothing to verify")
     sigs = [(_stage_signature(a), list(a)) for a in stages]
     sig_cols = ["regime", "split", "config_hash"]
-    stage_of = {}
+    stage_of: dict[tuple[str, str, str], list[str]] = {}
     for sig, a in sigs:
         stage_of.setdefault(sig, a)  # the first stage wins (identical signatures build alike)
     keys = list(zip(*(df[c] for c in sig_cols), strict=True))
