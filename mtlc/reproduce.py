@@ -209,7 +209,8 @@ def sample_jobs(
     ``n_single`` jobs of the targeted regimes (stl, pair, context), drawn round-robin over the
     splits so that every split is represented, at random folds and sizes (``n_level <=
     max_level`` when given, to bound the cost); ``n_all_task`` all-task jobs (mtl, random) among
-    the cheap ones (``n_level <= all_task_max_level``; the smallest levels when none is).
+    the cheap ones (``n_level <= all_task_max_level``; the smallest levels when none is), or
+    as many more targeted jobs when the store holds no all-task job.
     """
     ok = df[df["status"] == "ok"]
     cols = ["job_id", "dataset", "split", "fold", "seed", "regime", "target", "n_level"]
@@ -217,6 +218,9 @@ def sample_jobs(
     jobs = ok.drop_duplicates("job_id")[cols].sort_values("job_id").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     picked: list[pd.DataFrame] = []
+    multi = jobs[jobs["regime"].isin(_ALL_TASK)]
+    if len(multi) == 0:  # e.g. a study whose all-task stage has not run yet
+        n_single, n_all_task = n_single + n_all_task, 0
     single = jobs[jobs["regime"].isin(_TARGETED)]
     if max_level is not None:
         single = single[single["n_level"] <= max_level]
@@ -228,7 +232,6 @@ def sample_jobs(
             if len(order) >= n_single:
                 break
         picked += order[:n_single]
-    multi = jobs[jobs["regime"].isin(_ALL_TASK)]
     if n_all_task > 0 and len(multi):
         cheap = multi[multi["n_level"] <= all_task_max_level]
         if len(cheap) == 0:

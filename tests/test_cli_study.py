@@ -232,3 +232,35 @@ def test_an_interrupt_prints_the_summary_so_far(monkeypatch, tmp_path, capsys):
     cap = capsys.readouterr()
     assert "mtlc study summary" in cap.out and "first" in cap.out
     assert "rerun to resume" in cap.err
+
+
+# ------------------------------------------------------------------ the --verify sample
+def _jobs_table(with_all_task: bool = True):
+    import pandas as pd
+
+    rows = []
+    for split in ("compound", "scaffold"):
+        for fold in range(5):
+            for n in (16, 32, 64, 2048):
+                rows.append(("stl", split, fold, n, f"T{fold}"))
+            if with_all_task:
+                rows += [("mtl", split, fold, n, None) for n in (16, 23, 64)]
+    df = pd.DataFrame(rows, columns=["regime", "split", "fold", "n_level", "target"])
+    df["job_id"] = [f"j{k:03d}" for k in range(len(df))]
+    return df.assign(dataset="kiba", seed=0, config_hash="h", task_set="all", status="ok")
+
+
+def test_sample_jobs_spreads_over_splits_and_bounds_the_cost():
+    from mtlc.reproduce import sample_jobs
+
+    df = _jobs_table()
+    s = sample_jobs(df, n_single=6, n_all_task=2, seed=1, max_level=64, all_task_max_level=32)
+    single, multi = s[s["regime"] == "stl"], s[s["regime"] == "mtl"]
+    assert len(single) == 6 and (single["split"].value_counts() == 3).all()
+    assert single["n_level"].max() <= 64 and s["job_id"].is_unique
+    assert len(multi) == 2 and multi["n_level"].max() <= 32
+    again = sample_jobs(df, n_single=6, n_all_task=2, seed=1, max_level=64, all_task_max_level=32)
+    assert again["job_id"].tolist() == s["job_id"].tolist()  # seeded
+    # No all-task job stored yet: the sample is made of single-task jobs only, same size.
+    s2 = sample_jobs(_jobs_table(with_all_task=False), n_single=3, n_all_task=1, seed=1)
+    assert len(s2) == 4 and (s2["regime"] == "stl").all()
