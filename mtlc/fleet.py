@@ -30,9 +30,10 @@ order, dropout), so its numbers do not depend on the fleet it is trained in.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -289,12 +290,28 @@ def train_fleets(
     bits = [_trainable_bits(X, m.train_compounds, config.weight_decay > 0) for m in models]
     out: list[TrainOutcome | None] = [None] * len(models)
     for fleet in plan_fleets(X, models, config, max_bytes=max_bytes, bits=bits):
-        res = train_fleet(X, [models[i] for i in fleet], config, bits=[bits[i] for i in fleet])
+        with _threads(config, models[fleet[0]].n_heads):
+            res = train_fleet(X, [models[i] for i in fleet], config, bits=[bits[i] for i in fleet])
         for i, r in zip(fleet, res, strict=True):
             out[i] = r
         if progress is not None:
             progress(len(fleet))
     return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _threads(config: TrainConfig, n_heads: int) -> Iterator[None]:
+    """torch's CPU threads for one fleet (``TrainConfig.torch_threads``; 0 = auto: one thread
+    for one- or two-head models), restored afterwards."""
+    n = config.torch_threads or (1 if n_heads <= 2 else 0)
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _fused_adam_available(dev: torch.device, dt: torch.dtype) -> bool:

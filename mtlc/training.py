@@ -110,6 +110,12 @@ class TrainConfig:
         changes how models are grouped, never their numbers (not part of :meth:`hash`). The
         default, 1024, keeps a kiba or kinase200 training process (about 1 GB of data set and
         runtime) under 2.5 GB at a small cost in speed (``benchmarks/README.md``).
+    torch_threads:
+        CPU threads of torch inside fleet training (restored afterwards). 0 (default) = auto:
+        fleets of one- or two-head models (single-task, pairwise) run on one thread, because
+        their small matrix products lose more to thread synchronisation than they gain (and a
+        study runs one process per core); all-task fleets use torch's own setting. Not part of
+        :meth:`hash` (threads never change the numbers on CPU).
     """
 
     hidden: tuple[int, ...] = (128,)
@@ -125,6 +131,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     memory_budget_mb: int = 1024
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -142,6 +149,10 @@ class TrainConfig:
             raise ConfigError("TrainConfig.min_steps and min_val_compounds must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if self.torch_threads < 0:
+            raise ConfigError(
+                f"TrainConfig.torch_threads must be >= 0 (0 = auto), got {self.torch_threads}"
+            )
         if self.memory_budget_mb < 1:
             raise ConfigError(
                 f"TrainConfig.memory_budget_mb must be >= 1 (MiB), got {self.memory_budget_mb}"
@@ -158,14 +169,16 @@ class TrainConfig:
     def hash(self) -> str:
         """Stable 12-hex-digit hash of everything that changes the numbers.
 
-        ``device`` and ``memory_budget_mb`` are left out: the same config on CPU or CUDA, in
-        bigger or smaller fleets, is the same experiment (same numbers).
+        ``device``, ``memory_budget_mb`` and ``torch_threads`` are left out: the same config
+        on CPU or CUDA, in bigger or smaller fleets, on more or fewer threads, is the same
+        experiment (same numbers).
         ``min_steps`` and ``min_val_compounds`` are left out when 0 (off), so configs written
         before they existed keep their hash (and their cached results).
         """
         d = asdict(self)
         d.pop("device")
         d.pop("memory_budget_mb")
+        d.pop("torch_threads")
         for k in ("min_steps", "min_val_compounds"):
             if d[k] == 0:
                 d.pop(k)

@@ -115,3 +115,30 @@ def test_runner_chunks_bound_prepared_memory(ds):
     assert [s for c in chunks for s in c] == specs  # every spec once, in order
     assert all(sum(_spec_bytes(s) for s in c) <= 2**19 or len(c) == 1 for c in chunks)
     assert 1 < per < 40 and len(chunks[0]) == per  # the budget, not chunk_size, cut it
+
+
+def test_torch_threads_pinned_per_fleet_and_restored(ds, monkeypatch):
+    import torch
+
+    seen = []
+    real = fleet.train_fleet
+
+    def spy(X, models, config, **kw):
+        seen.append((models[0].n_heads, torch.get_num_threads()))
+        return real(X, models, config, **kw)
+
+    monkeypatch.setattr(fleet, "train_fleet", spy)
+    cfg = TrainConfig(hidden=(8,), batch_size=64, max_epochs=1, device="cpu")
+    pms = prepare_specs(ds, stl_specs(ds, 40)[:2] + [all_task_spec(ds)], cfg)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_fleets(ds.X, pms, cfg)  # auto: single-task fleets on one thread, all-task as set
+        assert sorted(seen) == [(1, 1), (ds.n_tasks, 2)]
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        train_fleets(ds.X, pms, TrainConfig(**{**cfg.__dict__, "torch_threads": 1}))
+        assert [t for _, t in seen] == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert TrainConfig(torch_threads=3).hash() == TrainConfig().hash()
