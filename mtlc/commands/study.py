@@ -270,7 +270,9 @@ def _run_stage(
     row["wall_s"] = time.perf_counter() - t0
     rss = _peak_rss_gb()
     row["peak_rss_gb"] = None if rss is None else round(rss, 2)
-    row["peak_rss_note"] = "stage" if exact_rss else "process so far"
+    row["peak_rss_note"] = "this stage" if exact_rss else "this process so far"
+    if "--scheduler" in extra and stage["command"][0] == "train":
+        row["peak_rss_note"] += ", driver only (Dask workers not counted)"
     after, failed = _store_ids(store)
     new = after - before
     row["failed"] = len(new & failed)
@@ -297,6 +299,9 @@ def _summary(rows: list[dict]) -> str:
             lines.append(f"{'':28s} {r['status']}")
     total = sum(r.get("wall_s") or 0.0 for r in rows)
     lines.append(f"total wall time {_fmt_s(total)}")
+    notes = sorted({r["peak_rss_note"] for r in rows if r.get("peak_rss_note")})
+    if notes:
+        lines.append(f"peak RSS: resident memory peak of {'; '.join(notes)}")
     return "\n".join(lines)
 
 
