@@ -50,8 +50,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="root of the stores' relative paths (default: the repository for the full "
-        "profile, a new temporary directory for smoke)",
+        help="root of the stores' relative paths; None: the repository for the full profile, "
+        "a new temporary directory for smoke",
     )
     p.add_argument(
         "--verify",
