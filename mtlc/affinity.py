@@ -413,27 +413,39 @@ def _exact_lookahead(
         kp_ext = torch.cat([kp, kp.new_zeros(1)])
 
     out = np.empty((S, K))
-    n_full = L if path == "dense" else L - 1  # layers whose change is materialized
+    if path == "dense":
+        head = _pair_head_tables(Wh, y, z, bp, kp, pair_of, per_row)
+        dL = _dense_by_rows(
+            model,
+            a_list,
+            h_list,
+            d_ext,
+            M1,
+            head,
+            K=K,
+            pidx=pidx,
+            rows_pad=rows_pad,
+            counts=counts,
+            lr=lr,
+            group=_GROUP,
+        )
+        out[perm_np] = (-dL / base).double().cpu().numpy()
+        return out
+    # ---- "linear": the layers below the last materialized per chunk of sources
+    n_full = L - 1
     M1s = M1 * -lr  # first-layer Gram pre-scaled by -lr (saves a pass per chunk)
-    if path == "linear" and L == 1:
+    if L == 1:
         # nothing of size (chunk, B, H) is formed: take all sources at once if memory allows
         chunk = max(chunk, min(S, int(5e7 // max(1, r_max * (P + B)))))
-    elif path == "dense":
-        # The pair head is a GEMM per row with the chunk's sources as columns: wide chunks
-        # keep it efficient; the budget bounds each (chunk, B, H) buffer.
-        h_max = max(h.shape[1] for h in h_list)
-        chunk = max(chunk, min(S, _BLOCK_FLOATS // max(1, B * h_max)))
-        head = _pair_head_tables(Wh, y, z, bp, kp, pair_of, per_row)
     # (B, B) Gram matrices of the hidden layers (+1: the bias), for the deeper lookahead terms
     Hgs = [h @ h.T + 1.0 for h in h_list[:-1]]
-    if path == "linear" and L > 1:
+    if L > 1:
         hb = h_list[last - 1]
         Hg = Hgs[last - 1]
     # Reused buffers: fresh (chunk, B, H) tensors every chunk cost more in page faults than
     # the arithmetic that fills them.
     c_max = min(chunk, S)
     buf_da = [torch.empty(c_max, B, h.shape[1], dtype=dtype, device=dev) for h in h_list[:n_full]]
-    buf_dz = None
     for c0 in range(0, S, chunk):
         sl = slice(c0, c0 + chunk)
         r_c = int(counts[c0])  # the chunk's longest pair list (sources sorted by count)
@@ -454,56 +466,49 @@ def _exact_lookahead(
                 torch.matmul(dh, W.T, out=da)
                 da.baddbmm_(Tt_l.transpose(1, 2), d_ext[li][pi], alpha=-lr)
             dh = torch.maximum(da, neg_a[li], out=da).add_(a_min0[li])  # in place
-        if path == "dense":
-            if buf_dz is None:
-                buf_dz = torch.empty(head.W.shape[0] * c_max, dtype=dtype, device=dev)
-            dL = _pair_head_loss(dh, head, K, buf=buf_dz)
-            out[rows_out] = (-dL / base).double().cpu().numpy()
-            continue
+        # coefficients of the last layer's lookahead term, (C, r_max, B) layout
+        if L == 1:
+            Tt = M1[rp]
         else:
-            # coefficients of the last layer's lookahead term, (C, r_max, B) layout
-            if L == 1:
-                Tt = M1[rp]
-            else:
-                Tt = torch.baddbmm(Hg[rp], hb[rp], dh.transpose(1, 2))
-            dz = _linear_last_layer(
+            Tt = torch.baddbmm(Hg[rp], hb[rp], dh.transpose(1, 2))
+        dz = _linear_last_layer(
+            model,
+            a_list[last],
+            d_ext[last],
+            pidx=pi,
+            Tt=Tt,
+            dh=dh,
+            VD_ext=VD_ext,
+            dmax=dmax,
+            U=U,
+            wmax=wmax,
+            a_abs_sorted=a_abs_sorted,
+            a_abs_idx=a_abs_idx,
+            pair_of=pair_of,
+            kp_ext=kp_ext,
+            rows_to_pairs=rows_to_pairs,
+            lr=lr,
+            bp=bp,
+            max_candidates=max_candidates,
+        )
+        if dz is None:  # too many sign-change candidates: exact dense evaluation
+            out[rows_out] = _exact_lookahead(
                 model,
-                a_list[last],
-                d_ext[last],
-                pidx=pi,
-                Tt=Tt,
-                dh=dh,
-                VD_ext=VD_ext,
-                dmax=dmax,
-                U=U,
-                wmax=wmax,
-                a_abs_sorted=a_abs_sorted,
-                a_abs_idx=a_abs_idx,
-                pair_of=pair_of,
-                kp_ext=kp_ext,
-                rows_to_pairs=rows_to_pairs,
-                lr=lr,
-                bp=bp,
-                max_candidates=max_candidates,
+                a_list,
+                h_list,
+                d_ext,
+                M1,
+                z,
+                y,
+                n_t,
+                bp,
+                kp,
+                src[sl],
+                lr,
+                chunk,
+                path="dense",
             )
-            if dz is None:  # too many sign-change candidates: exact dense evaluation
-                out[rows_out] = _exact_lookahead(
-                    model,
-                    a_list,
-                    h_list,
-                    d_ext,
-                    M1,
-                    z,
-                    y,
-                    n_t,
-                    bp,
-                    kp,
-                    src[sl],
-                    lr,
-                    chunk,
-                    path="dense",
-                )
-                continue
+            continue
         dl = torch.log1p(sig_neg * torch.expm1(-sgn * dz))
         dL = torch.zeros(C, K, dtype=dtype, device=dev).index_add_(1, kp, dl)
         # Z = 1 - L'/L = -(L' - L)/L, both per-task means over the same n_j pairs
@@ -511,23 +516,28 @@ def _exact_lookahead(
     return out
 
 
-# Floats per (chunk, B, H) buffer of the dense path (64 MB in float32); tests lower it to force
-# several chunks.
-_BLOCK_FLOATS = 1 << 21
+# Floats per (sources, rows, H) block buffer of the dense path (32 MB in float32); tests lower
+# it to force several row blocks.
+_BLOCK_FLOATS = 1 << 23
+# Sources per group in the dense path's Gram terms (groups pad pair lists to their longest).
+_GROUP = 16
 
 
 @dataclass
 class _PairHead:
     """Labelled pairs laid out row by row for the head, rows in buckets of similar pair count.
 
-    Bucket ``(b0, b1, t, off)``: rows ``b0:b1`` (rows are sorted by decreasing pair count),
-    each padded to ``t`` slots, at ``off`` in the flat slot order. Per slot: ``W`` the head
+    Bucket ``(b0, b1, t, off)``: rows ``b0:b1``, each padded to ``t`` slots, at ``off`` in the
+    flat slot order; ``row_slot`` ``(B + 1,)``: first slot of every row (rows without pairs
+    have none). Buckets are fewest when rows come sorted by decreasing pair count, but any
+    order is correct. Per slot: ``W`` the head
     row of the slot's task ``(n_slots, H)``, ``task`` its index (``K`` for padding),
     ``neg_sgn = 1 - 2 y`` (0 for padding, which makes the slot's loss change exactly 0) and
     ``sig_neg = sigmoid(-sgn z)`` at the unperturbed logit.
     """
 
     buckets: list[tuple[int, int, int, int]]
+    row_slot: np.ndarray
     W: torch.Tensor
     task: torch.Tensor
     neg_sgn: torch.Tensor
@@ -545,26 +555,33 @@ def _pair_head_tables(
     *,
     slack: float = 0.8,
 ) -> _PairHead:
-    """Build :class:`_PairHead` (rows must already be sorted by decreasing ``per_row``)."""
+    """Build :class:`_PairHead` (``per_row``: labelled pairs per row)."""
     K, H = Wh.shape
     P = int(bp.numel())
     counts = per_row.cpu().numpy()
+    B = len(counts)
     buckets: list[tuple[int, int, int, int]] = []
-    b0, off, B = 0, 0, len(counts)
-    while b0 < B and counts[b0] > 0:
+    row_slot = np.zeros(B + 1, dtype=np.int64)
+    b0, off = 0, 0
+    while b0 < B:
         t = int(counts[b0])
-        # a bucket pads its rows to its first (longest) row; close it when padding exceeds
-        # 1/slack - 1 of a row's pairs
+        if t == 0:  # a row without pairs: no slots
+            row_slot[b0 + 1] = off
+            b0 += 1
+            continue
+        # a bucket pads its rows to its first one; close it at a longer row or at one shorter
+        # than slack * t (padding would exceed 1/slack - 1 of a row's pairs)
         b1 = b0 + 1
-        while b1 < B and counts[b1] > 0 and counts[b1] >= slack * t:
+        while b1 < B and slack * t <= counts[b1] <= t:
             b1 += 1
         buckets.append((b0, b1, t, off))
+        row_slot[b0 + 1 : b1 + 1] = off + t * np.arange(1, b1 - b0 + 1)
         off += (b1 - b0) * t
         b0 = b1
     slots = (
         torch.cat([pair_of[a:b, :t].reshape(-1) for a, b, t, _ in buckets])
         if buckets
-        else (pair_of.new_zeros(0))
+        else pair_of.new_zeros(0)
     )
     real = slots < P
     safe = torch.where(real, slots, torch.zeros_like(slots))
@@ -573,35 +590,102 @@ def _pair_head_tables(
     yp, zp = y[bp[safe], kp[safe]], z[bp[safe], kp[safe]]
     sgn = torch.where(real, 2 * yp - 1, torch.zeros_like(yp))
     sig_neg = torch.where(real, torch.sigmoid(-sgn * zp), torch.zeros_like(zp))
-    return _PairHead(buckets, W, task, -sgn[:, None], sig_neg[:, None])
+    return _PairHead(buckets, row_slot, W, task, -sgn[:, None], sig_neg[:, None])
 
 
-def _pair_head_loss(
-    dh: torch.Tensor, head: _PairHead, K: int, *, buf: torch.Tensor | None = None
+def _dense_by_rows(
+    model: MultiTaskNet,
+    a_list: list[torch.Tensor],
+    h_list: list[torch.Tensor],
+    d_ext: list[torch.Tensor],
+    M1: torch.Tensor,
+    head: _PairHead,
+    *,
+    K: int,
+    pidx: torch.Tensor,
+    rows_pad: torch.Tensor,
+    counts: torch.Tensor,
+    lr: float,
+    group: int,
 ) -> torch.Tensor:
-    """Summed loss change ``(C, K)`` of every target task for the chunk's sources.
+    """Summed loss change ``(S, K)`` of every target for every source (the "dense" path).
 
-    ``dh``: ``(C, B, H)`` change of the last hidden layer per source. The logit change at
-    the pairs of row ``b`` is ``W[slots of b] @ dh[:, b, :].T``: one batched GEMM per bucket,
-    with the sources as columns, and only labelled pairs (plus a little padding) computed,
-    instead of all ``B x K`` logits. The per-pair loss change is
-    ``bce(z + dz) - bce(z) = log1p(sigmoid(-s z) expm1(-s dz))`` (``s = 2 y - 1``), exact and
-    precise when ``dz`` is small.
+    Sources in the order of ``pidx`` (``(S, r_max)`` padded pair lists, sorted by decreasing
+    ``counts``; ``rows_pad`` their rows). Once the per-pair signals are known, the perturbed
+    forward is row-local, so it runs over blocks of rows with **all** sources at once: per
+    block and layer one ``(S, rows, H)`` buffer of about ``_BLOCK_FLOATS`` floats, and the
+    head product of a row takes every source as a GEMM column. In the Gram terms, sources go
+    in groups of ``group`` that pad their pair lists only to their own longest. Rows without
+    labelled pairs are skipped (no target loss reads them). Rows must be sorted by
+    decreasing pair count (``head`` is built that way).
     """
-    C, n_slots = dh.shape[0], head.W.shape[0]
-    if buf is None:
-        buf = torch.empty(n_slots * C, dtype=dh.dtype, device=dh.device)
-    dz = buf[: n_slots * C].view(n_slots, C)  # reused across chunks
-    for b0, b1, t, off in head.buckets:
-        nb = b1 - b0
-        torch.bmm(
-            head.W[off : off + nb * t].view(nb, t, -1),
-            dh[:, b0:b1, :].permute(1, 2, 0),
-            out=dz[off : off + nb * t].view(nb, t, C),
-        )
-    # in place: dz becomes the per-pair loss change
-    dl = dz.mul_(head.neg_sgn).expm1_().mul_(head.sig_neg).log1p_()
-    dL = torch.zeros(K + 1, C, dtype=dh.dtype, device=dh.device).index_add_(0, head.task, dl)
+    dtype, dev = M1.dtype, M1.device
+    S, L = int(pidx.shape[0]), len(h_list)
+    counts_np = counts.cpu().numpy()
+    groups = []
+    for g0 in range(0, S, group):
+        g1 = min(S, g0 + group)
+        groups.append((g0, g1, max(int(counts_np[g0]), 1)))
+    # pre-gathered per group, reused by every row block: pair signals (Cg, r, H_l), pair rows,
+    # and the hidden activations at those rows for the deeper Gram terms
+    rows_g = [rows_pad[g0:g1, :r] for g0, g1, r in groups]
+    D_g = [[d[pidx[g0:g1, :r]] for d in d_ext] for g0, g1, r in groups]
+    Hrow_g = [[h[rg] for h in h_list[:-1]] for rg in rows_g]
+    M1s = M1 * -lr
+    Hgs = [h @ h.T + 1.0 for h in h_list[:-1]]
+    neg_a = [-a for a in a_list]
+    a_min0 = [a.clamp(max=0) for a in a_list]
+    # rows after the last bucket have no pairs: never processed
+    B_act = head.buckets[-1][1] if head.buckets else 0
+    row_slot = head.row_slot
+    widths = [a.shape[1] for a in a_list]
+    nb = max(1, _BLOCK_FLOATS // (S * max(widths)))
+    blocks = [(b0, min(B_act, b0 + nb)) for b0 in range(0, B_act, nb)]
+    bufs = [torch.empty(S * min(nb, B_act) * w, dtype=dtype, device=dev) for w in widths]
+    max_slots = max((int(row_slot[b1] - row_slot[b0]) for b0, b1 in blocks), default=0)
+    dz_buf = torch.empty(max_slots * S, dtype=dtype, device=dev)
+    dL = torch.zeros(K + 1, S, dtype=dtype, device=dev)
+    H_L = widths[-1]
+    for b0, b1 in blocks:
+        n = b1 - b0
+        dh = torch.empty(0)
+        for li in range(L):
+            H = widths[li]
+            da = bufs[li][: S * n * H].view(S, n, H)
+            if li == 0:
+                # da1[i, b] = -lr sum_{q in R_i} (X X^T + 1)[b, b_q] delta_1[q]  (M1 symmetric)
+                Mb = M1s[:, b0:b1]
+                for (g0, g1, _), rg, Dl in zip(groups, rows_g, D_g, strict=True):
+                    torch.bmm(Mb[rg].transpose(1, 2), Dl[0], out=da[g0:g1])
+            else:
+                # h' (W - lr G_i)^T + b - lr g_i - (h W^T + b)
+                #   = dh W^T - lr (h'[b] . h[b_q] + 1) delta[q], summed over q in R_i
+                W = model.layers[li - 1].weight
+                torch.matmul(dh.view(S * n, -1), W.T, out=da.view(S * n, H))
+                Hb = Hgs[li - 1][:, b0:b1]
+                for gi, ((g0, g1, _), rg, Dl) in enumerate(zip(groups, rows_g, D_g, strict=True)):
+                    Tt = torch.baddbmm(
+                        Hb[rg].transpose(1, 2), dh[g0:g1], Hrow_g[gi][li - 1].transpose(1, 2)
+                    )  # (Cg, n, r)
+                    da[g0:g1].baddbmm_(Tt, Dl[li], alpha=-lr)
+            # relu(a + da) - relu(a), in place
+            dh = torch.maximum(da, neg_a[li][b0:b1], out=da).add_(a_min0[li][b0:b1])
+        # head at the block's labelled pairs, every source a column
+        s0, s1 = int(row_slot[b0]), int(row_slot[b1])
+        dz = dz_buf[: (s1 - s0) * S].view(s1 - s0, S)
+        for bk0, bk1, t, off in head.buckets:
+            lo, hi = max(bk0, b0), min(bk1, b1)
+            if lo >= hi:
+                continue
+            o = off + (lo - bk0) * t
+            m = hi - lo
+            torch.bmm(
+                head.W[o : o + m * t].view(m, t, H_L),
+                dh[:, lo - b0 : hi - b0, :].permute(1, 2, 0),
+                out=dz[o - s0 : o - s0 + m * t].view(m, t, S),
+            )
+        dl = dz.mul_(head.neg_sgn[s0:s1]).expm1_().mul_(head.sig_neg[s0:s1]).log1p_()
+        dL.index_add_(0, head.task[s0:s1], dl)
     return dL[:K].T
 
 

@@ -91,6 +91,65 @@ def test_linear_path_corrects_sign_changes():
         lookahead_fast(net, batch, y, m, lr=lr, path="magic")
 
 
+@pytest.mark.parametrize("hidden", [(16,), (16, 12), (8, 8, 8)])
+def test_dense_path_row_blocks_groups_and_unlabelled_rows(monkeypatch, hidden):
+    """The dense path over several row blocks and source groups, with dense labels of uneven
+    density per row and rows without any label, equals the reference (float64, large step)."""
+    import mtlc.affinity as aff
+
+    net, batch, y, m = _problem(B=40, K=9, hidden=hidden, density=0.6, empty_task=False)
+    m[5:9] = 0  # unlabelled rows: skipped by the head, still inputs of the first-layer Gram
+    m[20:30, 3:] = 0  # rows of a few pairs next to rows of many: several row buckets
+    ref = lookahead_reference(net, batch, y, m, lr=0.5)
+    monkeypatch.setattr(aff, "_BLOCK_FLOATS", 9 * 16 * 7)  # about 7 rows per block
+    monkeypatch.setattr(aff, "_GROUP", 2)
+    small = lookahead_fast(net, batch, y, m, lr=0.5, path="dense")
+    monkeypatch.undo()
+    one = lookahead_fast(net, batch, y, m, lr=0.5, path="dense")
+    assert np.isfinite(ref.Z).all()
+    assert np.nanmax(np.abs(small.Z - ref.Z)) < 1e-9
+    assert np.nanmax(np.abs(one.Z - ref.Z)) < 1e-9
+
+
+def test_pair_head_tables_cover_every_pair_once_in_any_row_order():
+    from mtlc.affinity import _pair_head_tables
+
+    rng = np.random.default_rng(1)
+    B, K, H = 30, 7, 5
+    m = rng.random((B, K)) < 0.5
+    m[[3, 11, 12, 29]] = False  # rows without pairs, also between rows with pairs
+    m[0] = True
+    mt = torch.tensor(m, dtype=torch.float64)
+    kp, bp = torch.nonzero(mt.T > 0, as_tuple=True)
+    P = int(bp.numel())
+    per_row = torch.bincount(bp, minlength=B)
+    order = torch.argsort(bp * K + kp)
+    row_start = torch.cumsum(per_row, 0) - per_row
+    slot = torch.arange(P) - row_start[bp[order]]
+    pair_of = torch.full((B, int(per_row.max())), P, dtype=torch.long)
+    pair_of[bp[order], slot] = order
+    Wh = torch.randn(K, H, dtype=torch.float64)
+    y = torch.zeros(B, K, dtype=torch.float64)
+    z = torch.zeros(B, K, dtype=torch.float64)
+    head = _pair_head_tables(Wh, y, z, bp, kp, pair_of, per_row, slack=0.8)
+    real = head.neg_sgn[:, 0] != 0
+    assert int(real.sum()) == P  # every pair once, padding slots have sign 0
+    width = np.diff(head.row_slot)  # slots per row: its pairs plus padding, none if no pairs
+    assert (width >= per_row.numpy()).all() and (width[per_row.numpy() == 0] == 0).all()
+    for b0, b1, t, off in head.buckets:
+        assert (per_row[b0:b1] <= t).all() and (per_row[b0:b1] >= 0.8 * t).all()
+        assert head.row_slot[b0] == off and head.row_slot[b1] == off + (b1 - b0) * t
+    # the task of every real slot is the task of its pair, rows in order
+    got = sorted(
+        (b, int(head.task[head.row_slot[b] + j]))
+        for b in range(B)
+        for j in range(int(head.row_slot[b + 1] - head.row_slot[b]))
+        if bool(real[head.row_slot[b] + j])
+    )
+    assert got == sorted(zip(bp.tolist(), kp.tolist(), strict=True))
+    assert np.all(head.row_slot[[3, 11, 12, 29]] == head.row_slot[[4, 12, 13, 30]])
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
