@@ -544,18 +544,15 @@ class _Trainer:
         cfg = self.cfg
         self.steps[:, :k] += 1
         if self.fused:
-            if self._views is None or self._views[0] != k:
-                # per-model views (their own step counts); rebuilt only when k changes
-                views = [[], [], [], []]
-                for i in range(len(self.params)):
-                    for j in range(k):
-                        views[0].append(self.params[i][j])
-                        views[1].append(self.exp_avg[i][j])
-                        views[2].append(self.exp_avg_sq[i][j])
-                        views[3].append(self.steps[i, j])
-                self._views = (k, *views)
-            _, ps, ms, vs, ss = self._views
-            gs = [g[j] for g in grads for j in range(k)]
+            if self._views is None:
+                # per-model views (their own step counts) of every active model, per parameter;
+                # rebuilt only when stopped models are dropped
+                self._views = tuple(
+                    [list(t.unbind(0)) for t in ts]
+                    for ts in (self.params, self.exp_avg, self.exp_avg_sq, self.steps)
+                )
+            ps, ms, vs, ss = ([v for per in lst for v in per[:k]] for lst in self._views)
+            gs = [v for g in grads for v in g.unbind(0)]
             torch._fused_adam_(
                 ps, gs, ms, vs, [], ss, amsgrad=False, lr=cfg.lr, beta1=_BETA1, beta2=_BETA2,
                 weight_decay=cfg.weight_decay, eps=_EPS, maximize=False, grad_scale=None,
