@@ -7,7 +7,6 @@ scheduler address is a one-line error, not a hang.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -94,17 +93,28 @@ def reference(tmp_path_factory, one_torch_thread) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def cluster():
-    cl = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = distributed.Client(cl)
-    yield cl, client
-    client.close()
-    cl.close()
+    """The local cluster ``--scheduler local --workers 2`` starts: 2 processes, 1 thread each."""
+    from mtlc.distributed import dask_client
+
+    with dask_client("local", n_workers=2) as client:
+        cl = client.cluster
+        assert isinstance(cl, distributed.LocalCluster)
+        assert sorted(client.nthreads().values()) == [1, 1]
+        yield cl, client
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_local_workers_run_without_dasks_malloc_trim_setting(cluster):
+    _, client = cluster
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        pytest.skip("MALLOC_TRIM_THRESHOLD_ is exported here; the workers keep the user's value")
+    got = client.run(_env, "MALLOC_TRIM_THRESHOLD_")
+    assert len(got) == 2 and set(got.values()) == {None}, got
+    # Dask's other worker settings (one BLAS/OpenMP thread) are kept.
+    assert set(client.run(_env, "OMP_NUM_THREADS").values()) == {"1"}
 
 
 def test_dask_store_equals_local_store(tmp_path, reference, cluster):
