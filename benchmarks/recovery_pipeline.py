@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--store", default=None, help="default /tmp/mtlc_recovery_<design>")
     ap.add_argument("--seeds", default="0", help="comma-separated data/model seeds")
     ap.add_argument("--folds", default=None, help="test folds used, e.g. 0,1,2 (default: all)")
+    ap.add_argument(
+        "--partner-sizes", default=None, help="'full' or sizes, e.g. 256,1024 (default: design's)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--quiet", action="store_true", help="metrics only, no tables")
     args = ap.parse_args(argv)
@@ -40,6 +43,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     design = recovery.FULL if args.design == "full" else recovery.CI
     if args.folds:
         design = design.with_(folds=tuple(int(f) for f in args.folds.split(",")))
+    if args.partner_sizes:
+        ps = args.partner_sizes
+        design = design.with_(
+            partner_sizes=ps if ps == "full" else tuple(int(x) for x in ps.split(","))
+        )
     store = args.store or f"/tmp/mtlc_recovery_{args.design}"
     out = []
     pd.set_option("display.width", 200)
