@@ -520,7 +520,7 @@ def _exact_lookahead(
 # it to force several row blocks.
 _BLOCK_FLOATS = 1 << 23
 # Sources per group in the dense path's Gram terms (groups pad pair lists to their longest).
-_GROUP = 16
+_GROUP = 8
 
 
 @dataclass
@@ -530,15 +530,15 @@ class _PairHead:
     Bucket ``(b0, b1, t, off)``: rows ``b0:b1``, each padded to ``t`` slots, at ``off`` in the
     flat slot order; ``row_slot`` ``(B + 1,)``: first slot of every row (rows without pairs
     have none). Buckets are fewest when rows come sorted by decreasing pair count, but any
-    order is correct. Per slot: ``W`` the head
-    row of the slot's task ``(n_slots, H)``, ``task`` its index (``K`` for padding),
+    order is correct. ``W_ext`` ``(K + 1, H)``: the head weights and a zero row (padding).
+    Per slot: ``task`` its task (``K`` for padding),
     ``neg_sgn = 1 - 2 y`` (0 for padding, which makes the slot's loss change exactly 0) and
     ``sig_neg = sigmoid(-sgn z)`` at the unperturbed logit.
     """
 
     buckets: list[tuple[int, int, int, int]]
     row_slot: np.ndarray
-    W: torch.Tensor
+    W_ext: torch.Tensor
     task: torch.Tensor
     neg_sgn: torch.Tensor
     sig_neg: torch.Tensor
@@ -586,11 +586,11 @@ def _pair_head_tables(
     real = slots < P
     safe = torch.where(real, slots, torch.zeros_like(slots))
     task = torch.where(real, kp[safe], torch.full_like(slots, K))
-    W = torch.cat([Wh, Wh.new_zeros(1, H)])[task]
+    W_ext = torch.cat([Wh, Wh.new_zeros(1, H)])  # row K: padding
     yp, zp = y[bp[safe], kp[safe]], z[bp[safe], kp[safe]]
     sgn = torch.where(real, 2 * yp - 1, torch.zeros_like(yp))
     sig_neg = torch.where(real, torch.sigmoid(-sgn * zp), torch.zeros_like(zp))
-    return _PairHead(buckets, row_slot, W, task, -sgn[:, None], sig_neg[:, None])
+    return _PairHead(buckets, row_slot, W_ext, task, -sgn[:, None], sig_neg[:, None])
 
 
 def _dense_by_rows(
@@ -644,6 +644,9 @@ def _dense_by_rows(
     bufs = [torch.empty(S * min(nb, B_act) * w, dtype=dtype, device=dev) for w in widths]
     max_slots = max((int(row_slot[b1] - row_slot[b0]) for b0, b1 in blocks), default=0)
     dz_buf = torch.empty(max_slots * S, dtype=dtype, device=dev)
+    # head rows of the block's slots, gathered per block (a (slots, H) table for the whole
+    # batch would be a large fresh allocation: page faults)
+    w_buf = torch.empty(max_slots * widths[-1], dtype=dtype, device=dev)
     dL = torch.zeros(K + 1, S, dtype=dtype, device=dev)
     H_L = widths[-1]
     for b0, b1 in blocks:
@@ -673,6 +676,8 @@ def _dense_by_rows(
         # head at the block's labelled pairs, every source a column
         s0, s1 = int(row_slot[b0]), int(row_slot[b1])
         dz = dz_buf[: (s1 - s0) * S].view(s1 - s0, S)
+        Wb = w_buf[: (s1 - s0) * H_L].view(s1 - s0, H_L)
+        torch.index_select(head.W_ext, 0, head.task[s0:s1], out=Wb)
         for bk0, bk1, t, off in head.buckets:
             lo, hi = max(bk0, b0), min(bk1, b1)
             if lo >= hi:
@@ -680,7 +685,7 @@ def _dense_by_rows(
             o = off + (lo - bk0) * t
             m = hi - lo
             torch.bmm(
-                head.W[o : o + m * t].view(m, t, H_L),
+                Wb[o - s0 : o - s0 + m * t].view(m, t, H_L),
                 dh[:, lo - b0 : hi - b0, :].permute(1, 2, 0),
                 out=dz[o - s0 : o - s0 + m * t].view(m, t, S),
             )
@@ -836,9 +841,10 @@ def lookahead_fast(
         d_ext: list[torch.Tensor] = [torch.empty(0)] * L
         e = Wh.index_select(0, kp).mul_(r[:, None])  # (P, H_L)
         for li in range(L - 1, -1, -1):
-            d = torch.zeros(P + 1, a_list[li].shape[1], dtype=dtype, device=dev)
+            d = torch.empty(P + 1, a_list[li].shape[1], dtype=dtype, device=dev)
             torch.index_select((a_list[li] > 0).to(dtype), 0, bp, out=d[:P])
             d[:P].mul_(e)
+            d[P].zero_()
             d_ext[li] = d
             if li > 0:
                 e = d[:P] @ model.layers[li - 1].weight
