@@ -7,7 +7,7 @@ fits the learning-curve models per fold (:func:`mtlc.curves.fit_pairwise`,
 :func:`mtlc.curves.fit_exp32`), summarizes the folds (:func:`mtlc.stats.fold_summary`) and
 compares the estimates with the truth.
 
-- :data:`CI` is a design small enough for the test suite (about a minute on one core);
+- :data:`CI` is a design small enough for the test suite (about 30 s of one CPU core);
   :data:`FULL` is the benchmark's (``benchmarks/recovery_pipeline.py``).
 - :func:`run_recovery` builds the data set, runs (or resumes) the three regimes into a store
   and returns a :class:`Recovery` with the tidy tables and :func:`recovery_metrics`.
@@ -153,6 +153,8 @@ class Recovery:
     fits_pairwise, fits_exp32: the per-fold fits.
     metrics: :func:`recovery_metrics` of the two tables.
     seconds: wall time of training (all regimes) and of fitting.
+    n_failed: jobs stored as failed (with their reason in the store's ``note``).
+    n_undefined: ROC-AUC values that are NaN (a test fold without both classes), left out.
     """
 
     pairs: pd.DataFrame
@@ -162,6 +164,7 @@ class Recovery:
     metrics: dict[str, float]
     seconds: dict[str, float]
     n_failed: int = 0
+    n_undefined: int = 0
 
 
 def default_pairs(truth: dict[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -250,6 +253,8 @@ def run_recovery(
     res = ResultsStore(store).read()
     res = res[res["job_id"].isin(job_ids)]
     n_failed = int((res["status"] != "ok").sum())
+    auc = res[(res["status"] == "ok") & (res["metric"] == "roc_auc")]
+    n_undefined = int(auc["value"].isna().sum())
     ok = res[(res["status"] == "ok") & (res["metric"] == "roc_auc") & res["value"].notna()]
     rel = np.asarray(truth["relatedness"])
     groups = dict(zip(ids, np.asarray(truth["groups"]).tolist(), strict=True))
@@ -347,6 +352,7 @@ def run_recovery(
         metrics=recovery_metrics(ptab, ctab),
         seconds={"train": t_train, "fit": t_fit},
         n_failed=n_failed,
+        n_undefined=n_undefined,
     )
 
 
