@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+#: plan_fleets starts a new fleet at a model with fewer trainable rows than this fraction of
+#: the fleet's widest model.
+_NARROW = 0.75
 
 
 @dataclass
@@ -239,7 +242,8 @@ def plan_fleets(
 
     Within a head count, models are sorted by (batches per epoch, trainable rows), then cut into
     consecutive chunks whose estimated memory (:func:`fleet_memory`, every buffer of the fleet)
-    stays within ``max_bytes`` (default ``config.memory_budget_mb`` MB) and ``max_models``.
+    stays within ``max_bytes`` (default ``config.memory_budget_mb`` MB) and ``max_models``, and
+    whose models have at least 3/4 of the widest one's trainable rows.
     A model whose estimate alone exceeds the budget still trains, in a fleet of its own.
     ``bits``: the models' trainable first-layer rows, when already known.
     """
@@ -263,7 +267,10 @@ def plan_fleets(
             st = FleetStats.of(X, models[i], r, counts=counts)
             nxt = agg.copy()
             nxt.add(st)
-            if cur and (len(cur) >= max_models or nxt.memory(config)["total"] > budget):
+            # a much narrower model starts a new fleet: every model of a fleet pays for the
+            # widest one's first layer (Adam, gradient buffer), for as long as it trains
+            narrow = r < _NARROW * agg.R
+            if cur and (len(cur) >= max_models or narrow or nxt.memory(config)["total"] > budget):
                 fleets.append(cur)
                 cur, nxt = [], _Agg()
                 nxt.add(st)

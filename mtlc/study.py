@@ -221,7 +221,7 @@ def _run_locked(
     ds, specs, store, config, config_hash, trainer, chunk_size, retry_failed, progress, desc
 ) -> RunSummary:
     done_ids = store.done_job_ids(include_failed=not retry_failed)
-    todo = [s for s in specs if s.key["job_id"] not in done_ids]
+    todo = _fleet_order([s for s in specs if s.key["job_id"] not in done_ids])
     summary = RunSummary(
         total=len(specs),
         skipped=len(specs) - len(todo),
@@ -283,6 +283,17 @@ def _run_locked(
             stacklevel=2,
         )
     return summary
+
+
+def _fleet_order(specs: Sequence[Any]) -> list[Any]:
+    """Specs sorted by training-set size, largest first (stable: design order within a size).
+
+    Designs list specs task by task (every size of a task, then the next task), so a chunk
+    held every size from 16 to 1448 and its fleet was padded to the widest model's first layer
+    while its small models, which train the most epochs (``min_steps``), ran alone at the end.
+    Chunks of similar sizes make fleets of similar widths. Which models train together never
+    changes their numbers."""
+    return sorted(specs, key=lambda s: -len(s.train_rows))
 
 
 def _spec_bytes(spec: Any) -> int:

@@ -450,7 +450,8 @@ def init_weights(
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         bound = 1.0 / np.sqrt(a)
         for shape in ((a, b), (b,)):
-            out.append((torch.rand(shape, generator=g) * 2 - 1) * bound)
+            # in place: the same float32 operations as (u * 2 - 1) * bound, no temporaries
+            out.append(torch.rand(shape, generator=g).mul_(2).sub_(1).mul_(bound))
     return out
 
 

@@ -142,3 +142,21 @@ def test_torch_threads_pinned_per_fleet_and_restored(ds, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert TrainConfig(torch_threads=3).hash() == TrainConfig().hash()
+
+
+def test_narrow_models_get_their_own_fleet_and_runner_orders_by_size():
+    from mtlc.study import _fleet_order
+
+    wide = toy(n=500, n_bits=512, k=3, nnz=40, seed=4)
+    cfg = TrainConfig(hidden=(8,), batch_size=512, device="cpu")
+    # 6-compound models touch ~200 of 512 bits, 150-compound ones nearly all
+    specs = stl_specs(wide, [150, 6, 150]) + stl_specs(wide, [6, 150, 6], seed=1)
+    pms = prepare_specs(wide, specs, cfg)
+    plans = plan_fleets(wide.X, pms, cfg)
+    sizes = [
+        sorted(len(pms[i].train_compounds) + len(pms[i].val_compounds) for i in p) for p in plans
+    ]
+    assert sorted(sizes) == [[6, 6, 6], [150, 150, 150]]
+    order = _fleet_order(specs)
+    assert [len(s.train_rows) for s in order] == [150, 150, 150, 6, 6, 6]
+    assert [s.seed for s in order] == [0, 2, 1001, 1, 1000, 1002]  # stable within a size
