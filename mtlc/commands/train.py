@@ -126,14 +126,14 @@ def register(subparsers: Any) -> None:
         metavar="local|tcp://HOST:PORT",
         help="train the chunks on Dask: 'local' starts a local cluster of --workers processes, "
         "an address uses a running scheduler (e.g. one started by dask-jobqueue); results go to "
-        "the same store, written by this process only. Default: train in this process. Needs "
-        "pip install 'mtlc[dask]'",
+        "the same store, written by this process only; needs pip install 'mtlc[dask]'. None: "
+        "train in this process",
     )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="worker processes of --scheduler local, one thread each (default: the cores)",
+        help="worker processes of --scheduler local, one thread each (None: one per core)",
     )
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
