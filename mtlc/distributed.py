@@ -3,8 +3,8 @@
 :func:`run_design_dask` is what ``mtlc.study.run_design(..., scheduler=...)`` and
 ``mtlc train --scheduler local|tcp://HOST:PORT`` call. It trains the same chunks of specs as the
 in-process runner (:func:`mtlc.study.run_design`), with the same trainer and the same helpers
-(``_precheck``, ``_train_chunk``, ``_failure_row``, ``_expand_sizes``), so every job gets the
-same numbers; only where the chunks train changes.
+(``_fleet_order``, ``_chunks``, ``_precheck``, ``_train_chunk``, ``_failure_row``,
+``_expand_sizes``), so every job gets the same numbers; only where the chunks train changes.
 
 How it is built, and why:
 
@@ -248,7 +248,15 @@ def run_design_dask(
     (after storing everything else), when a worker raises an error that is not a job's
     (``MemoryError``, ``ImportError``), or when the scheduler connection is lost.
     """
-    from mtlc.study import RunSummary, _default_trainer, _failure_row, _PairLabels, _precheck
+    from mtlc.study import (
+        RunSummary,
+        _chunks,
+        _default_trainer,
+        _failure_row,
+        _fleet_order,
+        _PairLabels,
+        _precheck,
+    )
 
     distributed = _require_dask()
     if client is None:
@@ -260,14 +268,14 @@ def run_design_dask(
     specs = list(specs)
     trainer = trainer or _default_trainer()
     config_hash = str(config.hash()) if hasattr(config, "hash") else ""
-    chunk_size = max(1, int(chunk_size))
     t0 = time.perf_counter()
     with store.lock(
         wait_message=f"mtlc: another run holds the results store {store.path}; waiting for it "
         "(its finished jobs will be skipped)"
     ):
         done_ids = store.done_job_ids(include_failed=not retry_failed)
-        todo = [s for s in specs if s.key["job_id"] not in done_ids]
+        # The in-process runner's order and chunking (sizes together, memory-bounded chunks).
+        todo = _fleet_order([s for s in specs if s.key["job_id"] not in done_ids])
         summary = RunSummary(
             total=len(specs),
             skipped=len(specs) - len(todo),
@@ -282,8 +290,7 @@ def run_design_dask(
         # The one-class precheck is cheap and needs the labels: done here, before shipping.
         labels = _PairLabels(ds)
         chunks: list[tuple[list[Any], list[Any], list[dict[str, Any]]]] = []
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
+        for chunk in _chunks(todo, chunk_size, config):
             trainable, failed = [], []
             for s in chunk:
                 reason = _precheck(ds, s, labels)

@@ -237,7 +237,8 @@ def test_chunk_that_keeps_killing_workers_is_reported_not_stored(tmp_path, clust
             )  # fmt: skip
     finally:
         cl.scheduler.allowed_failures = old
-    assert ResultsStore(tmp_path).done_job_ids() == set(ids) - {ids[4], ids[5]}
+    missing = set(ids) - ResultsStore(tmp_path).done_job_ids()
+    assert ids[5] in missing and len(missing) == 2  # the killer's chunk, nothing else
     # A rerun (here without the planted kill) trains only the lost chunk.
     s = run_design_dask(
         ds, specs, tmp_path, _KillConfig(""), client=client, chunk_size=2,
