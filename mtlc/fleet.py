@@ -641,6 +641,10 @@ class _Trainer:
                     stop[j] = True
                 if epoch >= e_max[mi]:  # its whole budget is spent
                     stop[j] = True
+            # a model without inner validation "improves" every epoch and keeps its last one:
+            # snapshot it only when it stops (small models train min_steps epochs; copying
+            # their weights every epoch was a sizeable share of their time)
+            improved = [j for j in improved if stop[j] or self.n_va[active[j]]]
             with torch.no_grad():
                 # slice copies run at memcpy speed, unlike index_select; one per run of
                 # consecutive positions whose model ids are consecutive too
