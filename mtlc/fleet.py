@@ -22,6 +22,13 @@ masking, no copies. Within a step, batches are padded to the largest one (empty 
 weight). A model that stops early is removed from the active set at the end of the epoch (its best
 weights are kept in a separate snapshot).
 
+Fleets are planned (:func:`plan_fleets`) under a memory budget (``TrainConfig.memory_budget_mb``):
+:func:`fleet_memory` estimates every buffer a fleet allocates (parameters and Adam state at the
+fleet's width, int8 label codes, bit lists, frozen sums, the per-epoch gradient-matrix entries,
+one step's activations); :meth:`_Trainer.buffer_bytes` reports the real bytes for tests. A model
+much narrower than the fleet's widest starts a new fleet, so small models do not pay for the
+widest first layer. Grouping never changes a model's numbers.
+
 Adam is the fused ``torch._fused_adam_`` kernel over per-model views (one step count per model, so
 the bias correction is each model's own), falling back to an equivalent plain implementation
 when that kernel is unavailable. Every random draw of a model comes from its own generators (batch
