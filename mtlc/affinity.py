@@ -24,10 +24,12 @@ Two implementations give the same numbers:
   layers use ``h' (W - lr G_i)^T = h' W^T - lr (h' h[R_i]^T) delta[R_i]``. The perturbed
   forwards are batched over source tasks, and the loss change is propagated as a difference
   (``log1p(sigmoid * expm1(dz))``), so that float32 keeps its precision when ``lr`` is small.
-  When labels are sparse, the last hidden layer is not run per source at all: its change is
-  the linear part (ReLU slopes of the unperturbed forward), a pair-space product, plus exact
-  corrections at the few units whose pre-activation can change sign (found with a bound on
-  the change); this is exact, not an approximation.
+  The heads are evaluated only at labelled pairs: per row, one GEMM with every source task
+  as a column, over blocks of rows (the perturbed forward is row-local once the per-pair
+  signals are known). When labels are sparse, the last hidden layer is not run per source at
+  all: its change is the linear part (ReLU slopes of the unperturbed forward), a pair-space
+  product, plus exact corrections at the few units whose pre-activation can change sign
+  (found with a bound on the change); this is exact, not an approximation.
 
 Cheap baselines from the same per-pair signals: the inner products of per-task trunk
 gradients ``<g_i, g_j>``, their cosine similarity, and the first-order shortcut
@@ -885,18 +887,24 @@ def lookahead_fast(
     lr: lookahead step size.
     exact: compute the exact lookahead Z (the perturbed forwards, the expensive part).
     gradients: compute the gradient inner products, cosine similarity and first-order Z
-        (cost: one ``(P, P)`` Gram matrix per layer, ``P`` = labelled pairs in the batch).
-    chunk: source tasks per vectorized block (bounds memory at about
-        ``chunk * B * max(hidden)`` floats).
-    path: how the last hidden layer is evaluated: "dense", "linear" (linear part in pair space
-        plus exact corrections where a unit changes sign) or "auto" (the cheaper); all exact.
+        (cost per layer: a ``(P, P)`` Gram matrix, ``P`` = labelled pairs in the batch, when
+        labels are sparse, else ``(B + K) P H`` in row blocks).
+    chunk: source tasks per vectorized block of the "linear" path (bounds its memory at about
+        ``chunk * B * max(hidden)`` floats). The "dense" path and the row-space gradient
+        products work in blocks of rows with every source at once, in buffers of about 32 MB.
+    path: how the last hidden layer is evaluated: "dense" (every layer's change materialized
+        per source and row block, the head evaluated at the labelled pairs only), "linear"
+        (linear part in pair space plus exact corrections where a unit changes sign) or
+        "auto" (the cheaper: "linear" when labels are sparse); all exact.
     max_candidates: "linear" falls back to "dense" for a chunk when more than this fraction
         of its units could change sign (large ``lr``).
 
     Cost: one forward, one backward restricted to the labelled pairs, and (``exact``) per source
     task a ``(B, r_i)`` matmul for the first layer (``r_i``: labelled rows of task i) and a
     batched forward of the layers above it, except the last hidden layer on the "linear" path;
-    heads are evaluated only at labelled pairs.
+    heads are evaluated only at labelled pairs (``S P H`` for all ``S`` sources, as one GEMM
+    per row with the sources as columns). Rows are processed in decreasing order of their
+    labelled pairs (every result is a sum over rows; only float rounding depends on the order).
     """
     y_t, m_t, dtype, dev = _as_tensors(model, y, mask)
     _check_shapes(model, batch, y_t, m_t)
