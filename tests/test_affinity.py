@@ -167,9 +167,12 @@ def test_fast_equals_reference_random_shapes(seed, depth, K, B, density, lr):
     fast = lookahead_fast(net, batch, y, m, lr=lr, chunk=3)
     ref = lookahead_reference(net, batch, y, m, lr=lr)
     lin = lookahead_fast(net, batch, y, m, lr=lr, chunk=2, path="linear", max_candidates=1.0)
+    dense = lookahead_fast(net, batch, y, m, lr=lr, path="dense")
     assert np.array_equal(np.isnan(fast.Z), np.isnan(ref.Z))
+    assert np.array_equal(np.isnan(dense.Z), np.isnan(ref.Z))
     if np.isfinite(ref.Z).any():
         assert np.nanmax(np.abs(lin.Z - ref.Z)) < 1e-6
+        assert np.nanmax(np.abs(dense.Z - ref.Z)) < 1e-6
         assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-6
         scale = np.nanmax(np.abs(ref.inner))
         assert np.nanmax(np.abs(fast.inner - ref.inner)) <= 1e-9 * scale
@@ -187,15 +190,16 @@ def test_gradient_inner_products_both_evaluations(density, hidden):
     assert np.nanmax(np.abs(fast.Z - ref.Z)) < 1e-6
 
 
+@pytest.mark.parametrize("path", ["auto", "dense"])
 @pytest.mark.parametrize("hidden", [(16,), (16, 12)])
-def test_float32_fast_matches_float64(hidden):
+def test_float32_fast_matches_float64(hidden, path):
     """float32 probes agree with float64 to a small fraction of the affinity scale."""
     net64, batch, y, m = _problem(hidden=hidden)
     net32 = MultiTaskNet(net64.n_features, net64.n_tasks, hidden=hidden)
     net32.load_state_dict({k: v.float() for k, v in net64.state_dict().items()})
     for lr in (1e-3, 0.1):
         z64 = lookahead_reference(net64, batch, y, m, lr=lr).Z
-        z32 = lookahead_fast(net32, batch, y, m, lr=lr).Z
+        z32 = lookahead_fast(net32, batch, y, m, lr=lr, path=path).Z
         scale = np.nanmax(np.abs(z64))
         # the change is propagated as a difference, so float32 keeps relative precision
         # even when Z is O(1e-5) (lr = 1e-3)
