@@ -36,9 +36,52 @@ def test_kiba_scaffold_numbers(g):
     assert g["kiba_split"] == "scaffold"
     assert g["kiba_n_targets"] >= (20 if g["profile"] == "full" else 1)
     keys = ("kiba_all_gain_probe", "kiba_all_gain_finetune", "kiba_pair_rel_gain_finetune")
+    for reg in ("probe", "finetune"):
+        for kind in ("pair_unrel", "loo_rel", "loo_unrel"):
+            assert math.isfinite(g[f"kiba_{kind}_gain_{reg}"]), (kind, reg)
     for k in (*keys, "kiba_scratch_probe_gain"):
         assert math.isfinite(g[k]) and -1 < g[k] < 1, k
     assert g["kiba_all_multiplier_finetune"] > 0
+    assert g["kiba_shift_rows"] == g["kiba_n_targets"] * 11  # 6 contexts x 2 modes - reference
+
+
+def test_kiba_intervals_by_profile(g):
+    """Full: at least 3 folds, so every shift has a fold-to-fold interval; smoke: one fold."""
+    if g["profile"] == "full":
+        assert g["kiba_n_folds"] >= 3
+        assert g["kiba_shift_rows_with_interval"] == g["kiba_shift_rows"]
+        for reg in ("probe", "finetune"):
+            lo, mid, hi = (g[f"kiba_all_gain_{reg}{s}"] for s in ("_lo", "", "_hi"))
+            assert lo <= mid <= hi, reg
+            assert 0 <= g[f"kiba_all_ci_above_0_{reg}"] <= g["kiba_n_targets"]
+    else:
+        assert g["kiba_n_folds"] == 1
+        assert g["kiba_shift_rows_with_interval"] == 0
+
+
+def test_kiba_decomposition(g):
+    for reg in ("probe", "finetune"):
+        for k in ("excess_median", "own_all_gain_median", "related_drop_median"):
+            assert math.isfinite(g[f"kiba_{k}_{reg}"]), (k, reg)
+            assert -1 < g[f"kiba_{k}_{reg}"] < 1, (k, reg)  # AUC points
+        assert math.isfinite(g[f"kiba_related_pair_median_{reg}"])
+        assert 0 <= g[f"kiba_excess_positive_{reg}"] <= g["kiba_n_targets"]
+
+
+def test_kiba_selection_table(g):
+    k = g["kiba_sel_k"]
+    full = g["profile"] == "full"
+    assert g["kiba_sel_n_targets"] >= (20 if full else 3)
+    assert g["kiba_sel_n_folds"] >= (3 if full else 1)
+    for s in ("none", "all", "top_tag", "top_cosine", f"random{k}"):
+        for what in ("auc_small", "auc_full"):
+            assert 0 < g[f"kiba_sel_{s}_{what}"] <= 1, (s, what)
+        assert g[f"kiba_sel_{s}_total_seconds"] > 0
+    assert g["kiba_sel_all_d_full"] == 0  # the reference of the differences
+    # the rankings' cost includes the TAG run that produced them
+    assert g["kiba_sel_top_tag_total_seconds"] >= g["kiba_sel_tag_seconds"] > 0
+    assert 0 <= g["kiba_sel_tag_cosine_overlap"] <= 1
+    assert 0 <= g["kiba_sel_related_in_tag_top"] <= 1
 
 
 def test_selection_table(g):
