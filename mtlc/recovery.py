@@ -292,7 +292,7 @@ def run_recovery(
         # rounded: the cosines of equally related pairs differ in the last bits, and a rank
         # correlation would otherwise order those ties by floating-point noise
         [
-            round(float(rel[ids.index(t), ids.index(p)]), 6)
+            round(float(rel[ids.index(t), ids.index(p)]), 6) + 0.0  # no -0.0
             for t, p in zip(ptab["target"], ptab["partner"], strict=True)
         ],
     )
