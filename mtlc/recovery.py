@@ -32,7 +32,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["RecoveryDesign", "Recovery", "CI", "FULL", "run_recovery", "recovery_metrics"]
+__all__ = [
+    "RecoveryDesign",
+    "Recovery",
+    "CI",
+    "FULL",
+    "run_recovery",
+    "recovery_metrics",
+    "default_pairs",
+    "chance_probability",
+]
 
 
 @dataclass(frozen=True)
