@@ -153,6 +153,9 @@ def test_findings_page_repeats_the_chapters_exactly(executed):
     assert (findings["mtl_word"] == "raises") == (chapters["02"]["mtl_gain_scaffold"] > 0)
     ratio = chapters["04"]["power_random_design_backward"] / chapters["04"]["power_tag_backward"]
     assert findings["rd_cost_ratio"] == pytest.approx(ratio)
+    assert (findings["cost_claim"] == "Matches") == (ratio > 1)  # the paper: MTLCs cost more
+    rd, tag = (chapters["04"][f"power_{m}_ranking_auc"] for m in ("random_design", "tag"))
+    assert (findings["power_claim"] == "Reproduced") == (rd >= tag)  # ... and have more power
     # run times and profiles come from papermill's record in each executed chapter
     for ch, name in names.items():
         meta = nbformat.read(str(executed(name)), as_version=4).metadata["papermill"]
