@@ -108,8 +108,9 @@ class TrainConfig:
         allocates (parameters and Adam state, label codes, bit lists, step activations; see
         :func:`mtlc.fleet.fleet_memory`), not the data set itself. Fleets are cut to fit; it
         changes how models are grouped, never their numbers (not part of :meth:`hash`). The
-        default, 1024, keeps a kiba or kinase200 training process (about 1 GB of data set and
-        runtime) under 2.5 GB at a small cost in speed (``benchmarks/README.md``).
+        study runner also keeps each chunk's prepared labels and test scores within half of
+        it. The default, 768, keeps a kiba or kinase200 ``mtlc train`` process (0.7-0.9 GB of
+        data set and runtime) under 3 GB in every regime (``benchmarks/README.md``).
     torch_threads:
         CPU threads of torch inside fleet training (restored afterwards). 0 (default) = auto:
         fleets of one- or two-head models (single-task, pairwise) run on one thread, because
@@ -130,7 +131,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     device: str = "auto"
     dtype: str = "float32"
-    memory_budget_mb: int = 1024
+    memory_budget_mb: int = 768
     torch_threads: int = 0
 
     def __post_init__(self) -> None:
