@@ -72,7 +72,7 @@ def test_kiba_selection_table(g):
     k = g["kiba_sel_k"]
     full = g["profile"] == "full"
     assert g["kiba_sel_n_targets"] >= (20 if full else 3)
-    assert g["kiba_sel_n_folds"] >= 1  # full: fold 0 only (the session's compute; README)
+    assert g["kiba_sel_n_folds"] >= (3 if full else 1)
     for s in ("none", "all", "top_tag", "top_cosine", f"random{k}"):
         for what in ("auc_small", "auc_full"):
             assert 0 < g[f"kiba_sel_{s}_{what}"] <= 1, (s, what)
@@ -81,6 +81,11 @@ def test_kiba_selection_table(g):
     # the rankings' cost includes the TAG run that produced them
     assert g["kiba_sel_top_tag_total_seconds"] >= g["kiba_sel_tag_seconds"] > 0
     assert 0 <= g["kiba_sel_tag_cosine_overlap"] <= 1
+    if full:  # fold-to-fold intervals of the differences to all tasks
+        for s in ("none", "top_tag", "top_cosine", f"random{k}"):
+            for at in ("small", "full"):
+                lo, hi = g[f"kiba_sel_{s}_d_{at}_lo"], g[f"kiba_sel_{s}_d_{at}_hi"]
+                assert lo <= g[f"kiba_sel_{s}_d_{at}"] <= hi, (s, at)
     assert 0 <= g["kiba_sel_related_in_tag_top"] <= 1
 
 
