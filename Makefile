@@ -10,7 +10,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?= smoke
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: all venv executed html book test study lab lint format clean distclean
 # Prerequisites are ordered steps (install, execute, build, test), never parallel ones,
