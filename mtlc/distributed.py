@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from mtlc.errors import ConfigError, MtlcError
-from mtlc.store import SCHEMA, ResultsStore
+from mtlc.store import ResultsStore
 
 if TYPE_CHECKING:
     from mtlc.study import RunSummary
@@ -185,27 +185,6 @@ def dask_client(
         client.close()
 
 
-def _chunk_frame(
-    rows: list[pd.DataFrame],
-    failed: list[dict[str, Any]],
-    config_hash: str,
-    dropped_cols: set[str],
-) -> pd.DataFrame | None:
-    """One part's table, as ``mtlc.study._run_locked`` builds it from a chunk's outcome."""
-    parts = []
-    if rows:
-        df = pd.concat(rows, ignore_index=True)
-        extra = [c for c in df.columns if c not in SCHEMA]
-        dropped_cols.update(extra)
-        from mtlc.study import _expand_sizes
-
-        df = _expand_sizes(df.drop(columns=extra))
-        parts.append(df.assign(status="ok", config_hash=config_hash))
-    if failed:
-        parts.append(pd.DataFrame(failed))
-    return pd.concat(parts, ignore_index=True) if parts else None
-
-
 def run_design_dask(
     ds: Any,
     specs: Sequence[Any],
@@ -249,12 +228,12 @@ def run_design_dask(
     (``MemoryError``, ``ImportError``), or when the scheduler connection is lost.
     """
     from mtlc.study import (
-        RunSummary,
+        _chunk_frame,
         _chunks,
         _default_trainer,
         _failure_row,
-        _fleet_order,
         _PairLabels,
+        _pending,
         _precheck,
     )
 
@@ -273,20 +252,8 @@ def run_design_dask(
         wait_message=f"mtlc: another run holds the results store {store.path}; waiting for it "
         "(its finished jobs will be skipped)"
     ):
-        done_ids = store.done_job_ids(include_failed=not retry_failed)
-        # The in-process runner's order and chunking (sizes together, memory-bounded chunks).
-        todo = _fleet_order([s for s in specs if s.key["job_id"] not in done_ids])
-        summary = RunSummary(
-            total=len(specs),
-            skipped=len(specs) - len(todo),
-            job_ids=[s.key["job_id"] for s in specs],
-        )
-        seen: set[str] = set()
-        dup = [
-            s.key["job_id"] for s in todo if s.key["job_id"] in seen or seen.add(s.key["job_id"])
-        ]
-        if dup:
-            raise ConfigError(f"the design holds {len(dup)} duplicated jobs (e.g. {dup[0]})")
+        # The in-process runner's skipping, order and chunking (sizes together, bounded chunks).
+        todo, summary = _pending(specs, store, retry_failed)
         # The one-class precheck is cheap and needs the labels: done here, before shipping.
         labels = _PairLabels(ds)
         chunks: list[tuple[list[Any], list[Any], list[dict[str, Any]]]] = []

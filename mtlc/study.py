@@ -217,9 +217,14 @@ def run_design(
     return summary
 
 
-def _run_locked(
-    ds, specs, store, config, config_hash, trainer, chunk_size, retry_failed, progress, desc
-) -> RunSummary:
+def _pending(
+    specs: Sequence[Any], store: ResultsStore, retry_failed: bool
+) -> tuple[list, RunSummary]:
+    """Specs not yet in ``store``, in fleet order, and the run's summary so far.
+
+    Shared by the in-process and the Dask runner, so both skip, order and refuse duplicates
+    the same way.
+    """
     done_ids = store.done_job_ids(include_failed=not retry_failed)
     todo = _fleet_order([s for s in specs if s.key["job_id"] not in done_ids])
     summary = RunSummary(
@@ -231,6 +236,35 @@ def _run_locked(
     dup = [s.key["job_id"] for s in todo if s.key["job_id"] in seen or seen.add(s.key["job_id"])]
     if dup:
         raise ConfigError(f"the design holds {len(dup)} duplicated jobs (e.g. {dup[0]})")
+    return todo, summary
+
+
+def _chunk_frame(
+    rows: list[pd.DataFrame],
+    failed: list[dict[str, Any]],
+    config_hash: str,
+    dropped_cols: set[str],
+) -> pd.DataFrame | None:
+    """One part's table from a chunk's trained rows and failure rows (None when both are empty).
+
+    Columns outside the store schema are dropped and collected in ``dropped_cols``.
+    """
+    parts = []
+    if rows:
+        df = pd.concat(rows, ignore_index=True)
+        extra = [c for c in df.columns if c not in SCHEMA]
+        dropped_cols.update(extra)
+        df = _expand_sizes(df.drop(columns=extra))
+        parts.append(df.assign(status="ok", config_hash=config_hash))
+    if failed:
+        parts.append(pd.DataFrame(failed))
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def _run_locked(
+    ds, specs, store, config, config_hash, trainer, chunk_size, retry_failed, progress, desc
+) -> RunSummary:
+    todo, summary = _pending(specs, store, retry_failed)
     from tqdm import tqdm  # plain text bar on stderr (tqdm.auto warns without ipywidgets)
 
     bar = tqdm(
@@ -259,18 +293,9 @@ def _run_locked(
             if trainable:
                 rows, more_failed = _train_chunk(ds, trainable, config, trainer, bar)
                 failed += [_failure_row(s, r, config_hash) for s, r in more_failed]
-            parts = []
-            if rows:
-                df = pd.concat(rows, ignore_index=True)
-                extra = [c for c in df.columns if c not in SCHEMA]
-                dropped_cols.update(extra)
-                df = _expand_sizes(df.drop(columns=extra))
-                df = df.assign(status="ok", config_hash=config_hash)
-                parts.append(df)
-            if failed:
-                parts.append(pd.DataFrame(failed))
-            if parts:
-                store.append(pd.concat(parts, ignore_index=True))
+            part = _chunk_frame(rows, failed, config_hash, dropped_cols)
+            if part is not None:
+                store.append(part)
             summary.failed += len(failed)
             summary.done += len(chunk) - len(failed)
             summary.failures += [(f["job_id"], f["task"], f["note"]) for f in failed]
