@@ -23,6 +23,8 @@ _COMMAND_MODULES = (
     "mtlc.commands.book",
     "mtlc.commands.foundation",
     "mtlc.commands.study",
+    "mtlc.commands.tag",
+    "mtlc.commands.pairwise",
 )
 
 
