@@ -632,6 +632,81 @@ def task_averaged_curves(
     return out.reset_index()[cols].sort_values(keys).reset_index(drop=True)
 
 
+def paired_curve_summary(
+    df: pd.DataFrame,
+    *,
+    metric: str = "roc_auc",
+    smallest: int = 16,
+    min_share: float = 0.75,
+    splits: Sequence[str] = ("compound", "scaffold"),
+    regimes: Sequence[str] = ("stl", "mtl"),
+) -> dict[str, Any]:
+    """Compare splits and regimes on the same tasks at the same sizes (paired).
+
+    Task-averaged curves mix task sets: at large ``n`` only the big tasks remain, so a mean
+    over tasks can fall with ``n`` although every task rises. This summary fixes one task set:
+    the tasks that have a fold-mean value in every (split, regime) curve at ``smallest`` and at
+    the reference size ``ref_size``, the largest size at which at least ``min_share`` of all
+    tasks do. Sizes are compounds of the task (``n_task``); values are fold means (seeds
+    averaged) of ``metric``; failed jobs and NaN values are left out.
+
+    Returns a dict: ``ref_size``, ``smallest``, ``n_tasks`` (tasks with any value),
+    ``n_tasks_ref`` (the paired set), ``tasks_ref`` (their ids), ``sizes`` (sizes from
+    ``smallest`` to ``ref_size`` used for averages) and, per split and regime,
+    ``auc_{split}_{regime}_small`` / ``_ref`` (mean over the paired tasks at ``smallest`` /
+    ``ref_size``); per split, ``mtl_gain_{split}`` (mean over paired tasks and ``sizes`` of
+    all-task minus single-task) and ``n_mtl_better_{split}`` (paired tasks where all-task is
+    higher at ``ref_size``); per regime, ``split_gap_{regime}`` (compound minus scaffold, same
+    average). Keys for a regime or split absent from ``df`` are left out. Raises
+    :class:`ConfigError` when no task has every curve at ``smallest``.
+    """
+    d = df[(df["status"] == "ok") & (df["metric"] == metric) & df["value"].notna()]
+    splits = [s for s in splits if s in set(d["split"])]
+    regimes = [r for r in regimes if r in set(d["regime"])]
+    d = d[d["split"].isin(splits) & d["regime"].isin(regimes)]
+    # fold mean per curve point (mean over seeds, and over all-task levels repeating a size)
+    per_fold = d.groupby(["split", "regime", "task", "n_task", "fold"])["value"].mean()
+    wide = (
+        per_fold.groupby(["split", "regime", "task", "n_task"]).mean().unstack(["split", "regime"])
+    )
+    complete = wide.notna().all(axis=1)
+    done = complete[complete].index.to_frame(index=False)
+    n_tasks = int(d["task"].nunique())
+    at_small = set(done.loc[done["n_task"] == smallest, "task"])
+    if not at_small:
+        raise ConfigError(f"no task has every {splits} x {regimes} curve at n = {smallest}")
+    counts = done[done["task"].isin(at_small)].groupby("n_task")["task"].nunique()
+    ok_sizes = sorted(int(s) for s, c in counts.items() if c >= min_share * n_tasks)
+    ref = max(ok_sizes) if ok_sizes else smallest
+    tasks_ref = sorted(at_small & set(done.loc[done["n_task"] == ref, "task"]))
+    sizes = [s for s in ok_sizes if s <= ref] or [smallest]
+    w = wide.loc[wide.index.isin(tasks_ref, level="task") & wide.index.isin(sizes, level="n_task")]
+    w = w[w.notna().all(axis=1)]
+    out: dict[str, Any] = {
+        "ref_size": int(ref),
+        "smallest": int(smallest),
+        "n_tasks": n_tasks,
+        "n_tasks_ref": len(tasks_ref),
+        "tasks_ref": tasks_ref,
+        "sizes": sizes,
+    }
+    small = wide.xs(smallest, level="n_task").loc[tasks_ref]
+    large = wide.xs(ref, level="n_task").loc[tasks_ref]
+    for split in splits:
+        for regime in regimes:
+            out[f"auc_{split}_{regime}_small"] = float(small[(split, regime)].mean())
+            out[f"auc_{split}_{regime}_ref"] = float(large[(split, regime)].mean())
+        if {"stl", "mtl"} <= set(regimes):
+            out[f"mtl_gain_{split}"] = float((w[(split, "mtl")] - w[(split, "stl")]).mean())
+            better = large[(split, "mtl")] > large[(split, "stl")]
+            out[f"n_mtl_better_{split}"] = int(better.sum())
+    if {"compound", "scaffold"} <= set(splits):
+        for regime in regimes:
+            gap = w[("compound", regime)] - w[("scaffold", regime)]
+            out[f"split_gap_{regime}"] = float(gap.mean())
+    return out
+
+
 # ---------------------------------------------------------------------- smoke / full studies
 
 #: The small study the chapters run in the smoke profile (about 2 minutes on 2 cores).
@@ -724,14 +799,28 @@ def smoke_study(
 
 
 FULL_RESULTS = Path("results") / "learning_curves"
+#: Stored exact-curve studies per data set (relative to the repository top).
+FULL_STUDIES: dict[str, Path] = {
+    "kiba": FULL_RESULTS,
+    "kinase200": Path("results") / "learning_curves_kinase200",
+}
 
 
-def full_results(root: str | os.PathLike | None = None) -> pd.DataFrame | None:
-    """The stored full-study results under ``results/learning_curves`` (None when absent)."""
+def full_results(
+    root: str | os.PathLike | None = None, *, dataset: str = "kiba"
+) -> pd.DataFrame | None:
+    """The stored full-study results of ``dataset`` (None when absent).
+
+    ``root`` overrides the store directory; otherwise :data:`FULL_STUDIES` names it
+    (``results/learning_curves`` for kiba, ``results/learning_curves_kinase200``).
+    """
     if root is None:
         from mtlc.report import repo_root
 
-        root = repo_root() / FULL_RESULTS
+        if dataset not in FULL_STUDIES:
+            have = ", ".join(sorted(FULL_STUDIES))
+            raise ConfigError(f"no stored study for dataset {dataset!r} (stored: {have})")
+        root = repo_root() / FULL_STUDIES[dataset]
     st = ResultsStore(root)
     return st.read() if st.parts() else None
 
@@ -749,8 +838,10 @@ __all__ = [
     "curve_matrix",
     "mean_over_tasks",
     "task_averaged_curves",
+    "paired_curve_summary",
     "smoke_study",
     "full_results",
+    "FULL_STUDIES",
     "select_tasks",
     "SMOKE",
     "cache_dir",

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXECUTED = ROOT / "book" / "executed"
+# MTLC_EXECUTED_DIR points the notebook tests at another set of executed copies (e.g. the smoke
+# profile's, executed into a temporary folder by tests/test_smoke_profile.py)
+EXECUTED = Path(os.environ.get("MTLC_EXECUTED_DIR") or ROOT / "book" / "executed")
 HTML = ROOT / "_build" / "html"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -21,9 +23,8 @@ def executed_notebook(name: str) -> Path:
     """Path of ``book/executed/<name>.ipynb``; skip (fail in CI) when it has not been executed."""
     path = EXECUTED / f"{name}.ipynb"
     if not path.exists():
-        msg = (
-            f"{path.relative_to(ROOT)} missing: run `make executed` (or `mtlc book execute {name}`)"
-        )
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        msg = f"{where} missing: run `make executed` (or `mtlc book execute {name}`)"
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
