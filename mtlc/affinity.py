@@ -44,6 +44,7 @@ the reference implementations agree to 1e-6. The training steps themselves use d
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,11 @@ __all__ = [
     "lookahead_reference",
     "gradient_affinity",
     "tag_train",
+    "round_mantissa",
+    "load_tag",
+    "tag_jobs",
+    "tag_matrix",
+    "tag_results_from_store",
 ]
 
 
@@ -1014,6 +1020,8 @@ class TagResult:
     info: bookkeeping (training compounds without any label, tasks with no training label).
     history_loss: ``(n_epochs,)`` mean training loss per epoch.
     model: the trained network (when ``keep_model``).
+    cosine_history: ``(n_epochs, K, K)`` per-epoch means of the gradient cosine (None if not
+        computed); averaged over the same probe steps as ``cosine``.
     """
 
     affinity: np.ndarray | None
@@ -1028,6 +1036,7 @@ class TagResult:
     info: dict[str, Any] = field(default_factory=dict)
     history_loss: np.ndarray | None = None
     model: MultiTaskNet | None = None
+    cosine_history: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: source, target, affinity, n_steps, cosine, first_order (off-diagonal)."""
@@ -1288,4 +1297,464 @@ def tag_train(
         info=info,
         history_loss=ep_loss,
         model=model if keep_model else None,
+        cosine_history=c_mean.history() if has_g else None,
     )
+
+
+# --------------------------------------------------------------------------- stored TAG runs
+#: Columns of a TAG store's part files (one part per job, see :func:`write_tag_part`).
+TAG_PART_COLUMNS = ("job_id", "status", "source", "target", "epoch", "z", "cosine", "n_steps")
+#: Job-level columns :func:`load_tag` adds to every row (from the part's metadata).
+TAG_JOB_COLUMNS = (
+    "dataset",
+    "recipe",
+    "task_set",
+    "split",
+    "fold",
+    "seed",
+    "config_hash",
+    "train_seconds",
+    "probe_seconds",
+    "train_steps",
+    "probe_steps",
+    "train_forward",
+    "train_backward",
+    "probe_forward",
+    "probe_backward",
+    "cpu_seconds",
+)
+_TAG_META_KEY = b"mtlc_tag"
+_TAG_PART_GLOB = "part-*.parquet"
+
+
+def round_mantissa(x: Any, bits: int | None) -> np.ndarray:
+    """``x`` as float32 with its mantissa rounded to ``bits`` stored bits (1..23, None: 23).
+
+    Keeps float32's range (TAG's Z is about 1e-6 to 1e-4, subnormal in float16) and bounds the
+    relative error by ``2**-(bits + 1)``; the dropped low bits are zeros, which Parquet's
+    byte-stream-split encoding then compresses away. NaN stays NaN.
+    """
+    a = np.array(x, dtype=np.float32, copy=True)
+    if bits is None or bits >= 23:
+        return a
+    if not 1 <= bits < 23:
+        raise ConfigError(f"mantissa bits must be in 1..23, got {bits}")
+    drop = 23 - int(bits)
+    u = a.view(np.uint32)
+    finite = np.isfinite(a)
+    # round half away from zero on the magnitude; a carry into the exponent is the right result
+    r = (u + np.uint32(1 << (drop - 1))) & np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
+    u[finite] = r[finite]
+    return a
+
+
+def tag_part_table(
+    result: TagResult,
+    *,
+    job_id: str,
+    epoch_rows: bool = True,
+    mantissa_bits: int | None = None,
+) -> Any:
+    """The pair rows of one TAG job as an Arrow table (:data:`TAG_PART_COLUMNS`).
+
+    Rows with ``epoch = -1`` hold the whole run (``result.affinity``, ``cosine``, ``counts``:
+    step-weighted means over every probe step); with ``epoch_rows`` also one block per epoch
+    (``history``, ``cosine_history``, ``history_counts``). Every off-diagonal (source, target)
+    pair has a row, NaN where never measured. ``z`` is the lookahead affinity as ``tag_train``
+    computed it (not divided by lr unless its settings say so), float32 with the mantissa
+    rounded to ``mantissa_bits``. ``cosine`` is symmetric, so it is stored only where the
+    source's index is below the target's (null elsewhere); :func:`load_tag` mirrors it.
+    """
+    import pyarrow as pa
+
+    if result.affinity is None:
+        raise ConfigError("a TAG store needs the exact lookahead Z (tag_train with exact=True)")
+    K = len(result.task_ids)
+    i, j = np.nonzero(~np.eye(K, dtype=bool))
+    blocks = [(-1, result.affinity, result.cosine, result.counts)]
+    if epoch_rows and result.history is not None:
+        ch = result.cosine_history
+        for e in range(result.history.shape[0]):
+            blocks.append(
+                (
+                    e,
+                    result.history[e],
+                    None if ch is None else ch[e],
+                    result.history_counts[e],
+                )
+            )
+    ids = np.asarray(result.task_ids, dtype=object)
+    nb, npair = len(blocks), len(i)
+    z = np.concatenate([round_mantissa(Z[i, j], mantissa_bits) for _, Z, _, _ in blocks])
+    upper = i < j
+    cos_parts = []
+    for _, _, C, _ in blocks:
+        c = (
+            np.full(npair, np.nan, np.float32)
+            if C is None
+            else round_mantissa(C[i, j], mantissa_bits)
+        )
+        cos_parts.append(np.where(upper, c, np.nan).astype(np.float32))
+    cos = np.concatenate(cos_parts)
+    cos_mask = ~np.tile(upper, nb)  # null (not NaN) where mirrored: costs nothing to store
+    steps = np.concatenate([np.asarray(Nm[i, j], dtype=np.int32) for _, _, _, Nm in blocks])
+    epoch = np.repeat(np.asarray([b[0] for b in blocks], dtype=np.int16), npair)
+    return pa.table(
+        {
+            "job_id": pa.array([job_id] * (nb * npair), pa.string()),
+            "status": pa.array(["ok"] * (nb * npair), pa.string()),
+            "source": pa.array(np.tile(ids[i], nb).tolist(), pa.string()),
+            "target": pa.array(np.tile(ids[j], nb).tolist(), pa.string()),
+            "epoch": pa.array(epoch, pa.int16()),
+            "z": pa.array(z, pa.float32(), from_pandas=False),
+            "cosine": pa.array(cos, pa.float32(), mask=cos_mask),
+            "n_steps": pa.array(steps, pa.int32()),
+        }
+    )
+
+
+def write_tag_part(store: Any, table: Any, meta: dict[str, Any]) -> Any:
+    """Write one job's part atomically into the TAG store directory ``store``; its path.
+
+    ``meta`` (JSON-able: the job's key, configuration, cost, task ids, status, note) goes into
+    the Parquet file's metadata. Temporary file, ``fsync``, ``os.replace``, directory ``fsync``:
+    a SIGKILL leaves the whole part or none of it (the pattern of :class:`mtlc.store.ResultsStore`,
+    whose ``done_job_ids`` reads these parts too: they carry its ``job_id`` and ``status``).
+    """
+    import json
+    import os
+    import uuid
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from mtlc.store import _fsync_dir
+
+    path = Path(store)
+    path.mkdir(parents=True, exist_ok=True)
+    md = dict(table.schema.metadata or {})
+    md[_TAG_META_KEY] = json.dumps(meta, sort_keys=True).encode()
+    table = table.replace_schema_metadata(md)
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp, final = path / f".tmp-part-{os.getpid()}-{name}", path / name
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(
+                table,
+                fh,
+                compression="zstd",
+                compression_level=19,
+                use_byte_stream_split=["z", "cosine"],
+                use_dictionary=["job_id", "status", "source", "target"],
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path)
+    return final
+
+
+def failed_tag_table(job_id: str) -> Any:
+    """The one-row part of a failed job (status ``failed``; the reason is in the metadata)."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "job_id": pa.array([job_id], pa.string()),
+            "status": pa.array(["failed"], pa.string()),
+            "source": pa.array([None], pa.string()),
+            "target": pa.array([None], pa.string()),
+            "epoch": pa.array([-1], pa.int16()),
+            "z": pa.array([np.nan], pa.float32()),
+            "cosine": pa.array([None], pa.float32()),
+            "n_steps": pa.array([0], pa.int32()),
+        }
+    )
+
+
+def _tag_parts(store: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """(path, metadata) of every part, newest last; the newest part of a job wins."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from mtlc.errors import MtlcError
+
+    path = Path(store)
+    if not path.is_dir():
+        raise MtlcError(
+            f"TAG store {path} does not exist or is not a directory: run `mtlc tag --store "
+            f"{path} ...` first, or pass the directory it wrote"
+        )
+    out = []
+    for p in sorted(path.glob(_TAG_PART_GLOB)):
+        try:
+            md = pq.read_schema(p).metadata or {}
+        except Exception as exc:  # noqa: BLE001 - any reader failure means the file is bad
+            raise MtlcError(
+                f"TAG part {p} is unreadable ({type(exc).__name__}: {exc}); delete it and rerun "
+                "the same mtlc tag command (only that job is recomputed)"
+            ) from None
+        if _TAG_META_KEY not in md:
+            raise MtlcError(
+                f"{p} is not a TAG part (no mtlc_tag metadata): {path} is another kind of "
+                "results store; load it with mtlc.store.ResultsStore"
+            )
+        out.append((p, json.loads(md[_TAG_META_KEY])))
+    newest: dict[str, int] = {}
+    for k, (_, m) in enumerate(out):
+        newest[m["job_id"]] = k
+    return [out[k] for k in sorted(newest.values())]
+
+
+def tag_jobs(store: Any) -> pd.DataFrame:
+    """One row per job of a TAG store: key, status, note, configuration and cost.
+
+    Columns: ``job_id``, ``status`` ("ok" / "failed"), ``note`` (failure reason), the job key
+    (``dataset, recipe, task_set, split, n_folds, split_seed, fold, seed``), ``config_hash``,
+    ``epochs``, ``every``, ``mantissa_bits``, ``epoch_rows`` (per-epoch rows stored),
+    ``n_tasks``, the cost (``train_seconds, probe_seconds``: wall seconds inside ``tag_train``;
+    ``cpu_seconds, wall_seconds`` of the whole job; pass counts as in ``TagResult.cost``) and
+    ``n_train_compounds``.
+    """
+    rows = []
+    for p, m in _tag_parts(store):
+        r = {k: m.get(k) for k in ("job_id", "status", "note")}
+        r.update(m.get("key", {}))
+        r["config_hash"] = m.get("config_hash")
+        s = m.get("settings", {})
+        r.update({k: s.get(k) for k in ("epochs", "every")})
+        r["mantissa_bits"] = m.get("mantissa_bits")
+        r["epoch_rows"] = m.get("epoch_rows")
+        r["n_tasks"] = len(m.get("task_ids", []))
+        r.update(m.get("cost", {}))
+        r["n_train_compounds"] = m.get("info", {}).get("n_train_compounds")
+        r["part"] = p.name
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def load_tag(store: Any, *, costs: bool = True) -> pd.DataFrame:
+    """A TAG store (written by ``mtlc tag``) as one tidy table.
+
+    One row per (dataset, split, fold, seed, epoch, source, target) of every successful job:
+
+    - ``epoch``: 0, 1, ... for per-epoch means, ``-1`` for the whole run (the step-weighted mean
+      over every probe step, i.e. ``TagResult.affinity``). Stores written with
+      ``--epoch-rows none`` (or for other folds than ``--epoch-rows`` lists) hold only ``-1``.
+    - ``z``: the lookahead affinity ``Z[source -> target] = 1 - L_t(theta') / L_t(theta)``,
+      mean over the probe steps, **not divided by lr** (unless the job's settings say
+      ``divide_by_lr``; ``mtlc tag`` never does); float32 values (mantissa possibly rounded,
+      see :func:`round_mantissa` and ``tag_jobs(store)["mantissa_bits"]``) returned as float64.
+    - ``cosine``: the per-task trunk-gradient cosine averaged the same way (symmetric; stored
+      once per unordered pair and mirrored here).
+    - ``n_steps``: probe steps behind the value (both tasks labelled in the batch); NaN
+      values with ``n_steps = 0`` are pairs never measured, kept as rows.
+    - job columns: ``dataset, recipe, task_set, split, fold, seed, config_hash``, and with
+      ``costs`` the job's cost columns (:data:`TAG_JOB_COLUMNS`: seconds and pass counts as in
+      ``TagResult.cost``, plus ``cpu_seconds`` of the whole job).
+
+    Failed jobs have no rows here; :func:`tag_jobs` lists them with their reason.
+    """
+    import pyarrow.parquet as pq
+
+    frames = []
+    for p, m in _tag_parts(store):
+        if m.get("status") != "ok":
+            continue
+        t = pq.read_table(p, columns=list(TAG_PART_COLUMNS)).to_pandas()
+        t = t.drop(columns=["status"])
+        ids = m["task_ids"]
+        pos = {tid: k for k, tid in enumerate(ids)}
+        si = t["source"].map(pos).to_numpy()
+        ti = t["target"].map(pos).to_numpy()
+        ep = t["epoch"].to_numpy()
+        cos = t["cosine"].to_numpy(dtype=np.float64, na_value=np.nan)
+        # mirror the symmetric cosine: (s, t) takes (t, s)'s value where it was not stored
+        epochs = np.unique(ep)
+        eix = np.searchsorted(epochs, ep)
+        K = len(ids)
+        C = np.full((len(epochs), K, K), np.nan)
+        C[eix, si, ti] = cos
+        C = np.where(np.isnan(C), C.transpose(0, 2, 1), C)
+        t["cosine"] = C[eix, si, ti]
+        t["z"] = t["z"].astype(np.float64)
+        t["epoch"] = t["epoch"].astype(np.int64)
+        key = m.get("key", {})
+        for c in ("dataset", "recipe", "task_set", "split"):
+            t[c] = key.get(c)
+        for c in ("fold", "seed"):
+            t[c] = int(key.get(c, -1))
+        t["config_hash"] = m.get("config_hash")
+        if costs:
+            for c in TAG_JOB_COLUMNS[7:]:
+                t[c] = float(m.get("cost", {}).get(c, np.nan))
+        frames.append(t)
+    lead = ["dataset", "recipe", "task_set", "split", "fold", "seed", "epoch", "source", "target"]
+    if not frames:
+        cols = [*lead, "z", "cosine", "n_steps", "config_hash", "job_id"]
+        return pd.DataFrame(columns=cols + (list(TAG_JOB_COLUMNS[7:]) if costs else []))
+    df = pd.concat(frames, ignore_index=True)
+    rest = [c for c in df.columns if c not in lead]
+    return df[lead + rest]
+
+
+def _whole_run(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Per (job, source, target): the whole-run value (``epoch == -1`` rows, or the
+    step-weighted mean of the per-epoch rows for a job that has no ``-1`` rows)."""
+    whole = df[df["epoch"] == -1]
+    have = set(whole["job_id"])
+    rest = df[(df["epoch"] >= 0) & ~df["job_id"].isin(have)]
+    if len(rest):
+        w = rest["n_steps"].astype(np.float64).where(rest[value].notna(), 0.0)
+        agg = (
+            rest.assign(_wv=rest[value].fillna(0.0) * w, _w=w)
+            .groupby(["job_id", "fold", "seed", "source", "target"], sort=False)[["_wv", "_w"]]
+            .sum()
+            .reset_index()
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            agg[value] = np.where(agg["_w"] > 0, agg["_wv"] / agg["_w"], np.nan)
+        whole = pd.concat([whole, agg.drop(columns=["_wv", "_w"])], ignore_index=True)
+    return whole
+
+
+def tag_matrix(
+    df: pd.DataFrame,
+    task_ids: Sequence[str],
+    *,
+    value: str = "z",
+    fold: int | None = None,
+) -> np.ndarray:
+    """A ``(K, K)`` float64 matrix ``[source, target]`` from a :func:`load_tag` table.
+
+    Per job the whole-run value (step-weighted mean over its probe steps, i.e. over epochs);
+    then the plain mean over jobs: seeds, and folds unless ``fold`` picks one (NaN-aware: a
+    job where a pair was never measured does not count for it). ``value``: ``"z"`` or
+    ``"cosine"``. Rows and columns follow ``task_ids``; tasks absent from ``df`` and the
+    diagonal are NaN. Rows of several data sets or splits are refused (select one first).
+    """
+    if value not in ("z", "cosine"):
+        raise ConfigError(f"value must be 'z' or 'cosine', got {value!r}")
+    missing = [c for c in ("job_id", "epoch", "source", "target", value) if c not in df.columns]
+    if missing:
+        raise ConfigError(f"tag_matrix needs a load_tag table; columns {missing} are missing")
+    for c in ("dataset", "split"):
+        if c in df.columns and df[c].nunique() > 1:
+            raise ConfigError(
+                f"the table mixes {c}s {sorted(df[c].unique())}: select one before tag_matrix"
+            )
+    if fold is not None:
+        df = df[df["fold"] == int(fold)]
+        if not len(df):
+            raise ConfigError(f"no rows for fold {fold} in the table")
+    whole = _whole_run(df, value)
+    mean = whole.groupby(["source", "target"], sort=False)[value].mean()
+    ids = [str(t) for t in task_ids]
+    pos = {t: k for k, t in enumerate(ids)}
+    K = len(ids)
+    M = np.full((K, K), np.nan)
+    s = mean.index.get_level_values(0).map(pos)
+    t = mean.index.get_level_values(1).map(pos)
+    ok = np.asarray(s.notna() & t.notna())
+    M[np.asarray(s[ok], dtype=np.int64), np.asarray(t[ok], dtype=np.int64)] = mean.to_numpy()[ok]
+    M[np.eye(K, dtype=bool)] = np.nan
+    return M
+
+
+def _stack(
+    ep: np.ndarray, s: np.ndarray, t: np.ndarray, v: np.ndarray, K: int, fill: float
+) -> np.ndarray:
+    """``(n_epochs, K, K)`` from long (epoch, source index, target index, value) arrays."""
+    levels = np.unique(ep)
+    A = np.full((len(levels), K, K), fill, dtype=np.float64)
+    A[np.searchsorted(levels, ep), s, t] = v
+    return A
+
+
+def _stack_masked(
+    ep: np.ndarray,
+    s: np.ndarray,
+    t: np.ndarray,
+    vals: dict[str, np.ndarray],
+    K: int,
+    mask: np.ndarray,
+    col: str,
+    fill: float,
+) -> np.ndarray:
+    return _stack(ep[mask], s[mask], t[mask], vals[col][mask], K, fill)
+
+
+def tag_results_from_store(
+    df: pd.DataFrame, task_ids: Sequence[str] | None = None
+) -> list[TagResult]:
+    """One :class:`TagResult` per stored job of a :func:`load_tag` table, in (split, fold, seed)
+    order, for :func:`mtlc.approx.tag_pair_test` and other code written for ``tag_train``.
+
+    ``affinity``, ``cosine``, ``counts``: the whole-run rows. ``history`` /
+    ``history_counts`` / ``cosine_history``: the per-epoch rows when the job has them; else the
+    whole-run matrix as a single "epoch" (so ``tag_pair_test(..., unit="epoch")`` needs stores
+    written with per-epoch rows; ``unit="seed"`` treats each job, e.g. each fold, as one
+    replicate). ``task_ids``: index order (default: sorted ids of the table). ``settings``
+    names the job; ``cost`` holds the job's cost columns when the table has them.
+    """
+    if not len(df):
+        raise ConfigError("the table holds no TAG rows")
+    ids = (
+        [str(t) for t in task_ids]
+        if task_ids is not None
+        else sorted(set(df["source"]) | set(df["target"]))
+    )
+    pos = {t: k for k, t in enumerate(ids)}
+    K = len(ids)
+    out = []
+    order = [c for c in ("split", "fold", "seed", "job_id") if c in df.columns]
+    for job, g in df.sort_values(order).groupby("job_id", sort=False):
+        g = g[g["source"].isin(pos) & g["target"].isin(pos)]
+        if not (g["epoch"] == -1).any():  # a table without whole-run rows: rebuild them
+            w = _whole_run(g, "z").assign(epoch=-1)
+            w["cosine"] = _whole_run(g, "cosine")["cosine"].to_numpy()
+            n = g.groupby(["source", "target"], sort=False)["n_steps"].sum()
+            w["n_steps"] = n.reindex(pd.MultiIndex.from_frame(w[["source", "target"]])).to_numpy()
+            g = pd.concat([g, w[[c for c in g.columns if c in w.columns]]], ignore_index=True)
+        s = g["source"].map(pos).to_numpy(dtype=np.int64)
+        t = g["target"].map(pos).to_numpy(dtype=np.int64)
+        ep = g["epoch"].to_numpy()
+        whole = ep == -1
+        per = ep >= 0
+
+        vals = {c: g[c].to_numpy() for c in ("z", "cosine", "n_steps")}
+        mats = functools.partial(_stack_masked, ep, s, t, vals, K)
+        aff, cos = mats(whole, "z", np.nan)[0], mats(whole, "cosine", np.nan)[0]
+        cnt = mats(whole, "n_steps", 0).astype(np.int64)[0]
+        if per.any():
+            hist, chist = mats(per, "z", np.nan), mats(per, "cosine", np.nan)
+            hcnt = mats(per, "n_steps", 0).astype(np.int64)
+        else:
+            hist, chist, hcnt = aff[None], cos[None], cnt[None]
+        row = g.iloc[0]
+        cost = {c: float(row[c]) for c in TAG_JOB_COLUMNS[7:] if c in g.columns}
+        settings = {"job_id": str(job), "from_store": True, "per_epoch": bool(per.any())}
+        for c in ("dataset", "split", "fold", "seed", "config_hash"):
+            if c in g.columns:
+                v = row[c]
+                settings[c] = int(v) if c in ("fold", "seed") else str(v)
+        out.append(
+            TagResult(
+                affinity=aff,
+                counts=cnt,
+                history=hist,
+                history_counts=hcnt,
+                cosine=cos,
+                first_order=None,
+                task_ids=ids,
+                settings=settings,
+                cost=cost,
+                cosine_history=chist,
+            )
+        )
+    return out
