@@ -95,6 +95,36 @@ def _pending(name: str, what: str, note: str) -> dict[str, Any]:
     }
 
 
+# TAG (mtlc tag): the study's network (TrainConfig defaults: one hidden layer of 128, dropout
+# 0.2, Adam lr 1e-3, batch 256), 20 epochs (about the length of the all-task curve runs), one
+# seed, whole-run means only, float32 mantissas rounded to 10 bits (results/README.md: the
+# storage budget). kiba's folds have only ~14 steps per epoch, so it probes every 2 steps
+# (140 probes per run); kinase200 (~290 steps per epoch) keeps TAG's every 10. kinase200: 3 of
+# its 10 folds, which is what the 4 MB storage budget of the TAG stores allows.
+_TAG = ["--seeds", "1", "--epochs", "20", "--epoch-rows", "none", "--mantissa-bits", "10"]
+_TAG_KIBA = ["--recipe", "kiba244", "--folds", "10", "--every", "2", *_TAG]
+_TAG_KINASE200 = ["--folds", "10", "--fold-subset", "0,1,2", "--every", "10", *_TAG]
+_TAG_MEASURED: dict[tuple[str, str], Any] = {}
+
+
+def _tag_stages(dataset: str, args: list[str], measured: dict) -> list[dict]:
+    out = []
+    for split in ("compound", "scaffold"):
+        folds = "test folds 0-2 of 10" if "--fold-subset" in args else "10 folds"
+        out.append(
+            {
+                "name": f"{dataset}-tag-{split}",
+                "what": f"TAG inter-task affinities (Z and gradient cosine), {dataset}, {split} "
+                f"split, {folds}, one run per test fold on its training compounds",
+                "command": ["tag", "--dataset", dataset, "--split", split, *args],
+                "store": f"results/tag/{dataset}_{split}",
+                "measured": measured.get((dataset, split)),
+                "note": "task groups: mtlc.grouping on tag_matrix(load_tag(store)) (chapter 04)",
+            }
+        )
+    return out
+
+
 FULL: list[dict[str, Any]] = [
     *_curve_stages("kiba", "results/learning_curves", _KIBA_MEASURED),
     *_curve_stages("kinase200", "results/learning_curves_kinase200", {}),
@@ -143,16 +173,8 @@ FULL: list[dict[str, Any]] = [
         "no CLI yet: needs the partner ranking of chapter 04 (mtlc train --regime pair exists, "
         "but the pairs come from the random-design estimates)",
     ),
-    _pending(
-        "kiba-tag",
-        "TAG inter-task affinities and task groups, kiba",
-        "no CLI yet: chapter 04 computes it (mtlc.affinity.tag_train, mtlc.grouping)",
-    ),
-    _pending(
-        "kinase200-tag",
-        "TAG inter-task affinities and task groups, kinase200",
-        "no CLI yet (mtlc.affinity.tag_train)",
-    ),
+    *_tag_stages("kiba", _TAG_KIBA, _TAG_MEASURED),
+    *_tag_stages("kinase200", _TAG_KINASE200, _TAG_MEASURED),
 ]
 
 # The same plan on tiny inputs, for tests and a quick check that every stage still runs.
@@ -223,7 +245,22 @@ SMOKE: list[dict[str, Any]] = [
         "measured": None,
         "note": "",
     },
-    _pending("kiba-tag", "TAG inter-task affinities (as in the full plan)", "no CLI yet"),
+    *[
+        {
+            "name": "kiba-tag" if split == "compound" else f"kiba-tag-{split}",
+            "what": f"tiny TAG run: 3 kiba tasks, {split} split, one fold, 2 epochs",
+            "command": [
+                "tag",
+                *["--dataset", "kiba", "--tasks", "3", "--split", split, "--folds", "3"],
+                *["--fold-subset", "0", "--epochs", "2", "--every", "2", "--hidden", "16"],
+                "--no-progress",
+            ],
+            "store": f"tag/kiba_{split}",
+            "measured": None,
+            "note": "",
+        }
+        for split in ("compound", "scaffold")
+    ],
 ]
 
 PROFILES: dict[str, list[dict[str, Any]]] = {"full": FULL, "smoke": SMOKE}
