@@ -1,6 +1,9 @@
 # mtlc: two commands do everything.
-#   make book   -> .venv (once), execute notebooks (papermill, PROFILE=smoke), build the HTML book
-#   make test   -> the same, then the test suite (which reads the executed notebooks and the HTML)
+#   make book   -> .venv (once), execute notebooks (papermill, PROFILE=full: the stored
+#                  paper-scale results in results/, no retraining), build the HTML book
+#   make test   -> the same, then the test suite (which reads the executed notebooks and the HTML,
+#                  and executes every notebook once more with the smoke profile, which trains)
+# PROFILE=smoke runs the small live studies instead of reading results/.
 # The venv is bootstrapped once; the stamp .venv/.installed (newer than pyproject.toml) makes a
 # second run skip pip. pip is the machine's configured pip (local torch wheel via find-links).
 
@@ -8,7 +11,7 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PROFILE ?= smoke
+PROFILE ?= full
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PYTEST_ARGS ?= -n 2 --dist loadfile
 

@@ -54,6 +54,24 @@ def hide_code(path: str | Path) -> int:
     return n
 
 
+def declared_parameters(path: str | Path) -> set[str]:
+    """Names assigned at the top level of a notebook's cell tagged ``parameters``."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    names: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign):
+                    names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    names.add(node.target.id)
+    return names
+
+
 class NotebookExecutionError(MtlcError):
     """A notebook cell raised; the message names the notebook, the cell and the error."""
 
@@ -190,11 +208,17 @@ def execute(
         if output.resolve() == source.resolve():
             raise ConfigError(f"refusing to execute {source} in place: choose another output_dir")
         start = time.perf_counter()
+        # A notebook that reads the other executed chapters (the findings page) declares
+        # ``executed_dir`` in its parameters cell; it gets this run's output folder, so a
+        # run into another folder (e.g. the smoke copies of the tests) stays self-consistent.
+        nb_params = dict(params)
+        if "executed_dir" not in nb_params and "executed_dir" in declared_parameters(source):
+            nb_params["executed_dir"] = str(out_dir.resolve())
         try:
             pm.execute_notebook(
                 str(source),
                 str(output),
-                parameters=params,
+                parameters=nb_params,
                 kernel_name=kernel_name,
                 language="python",  # notebooks written by scripts may lack language metadata
                 cwd=str(cwd if cwd is not None else root),
