@@ -91,8 +91,22 @@ def page(in_ci):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         pg = browser.new_page()
+        # no network: every request that does not go to the local server is aborted and
+        # recorded, so a page that needs a CDN (e.g. MathJax) shows it broken here
+        pg.route("**/*", _local_only)
         yield pg
         browser.close()
+
+
+BLOCKED: list[str] = []  # requests to anything but 127.0.0.1, aborted
+
+
+def _local_only(route) -> None:
+    if urlparse(route.request.url).hostname in {"127.0.0.1", "localhost"}:
+        route.continue_()
+    else:
+        BLOCKED.append(route.request.url)
+        route.abort()
 
 
 _LINK_STATUS: dict[str, int] = {}  # each internal target fetched once per session
@@ -199,3 +213,34 @@ def test_references_resolve(site, page):
         "main a[href*='references.html#']", "els => els.map(e => e.getAttribute('href'))"
     )
     assert cites, "the introduction cites nothing"
+
+
+def test_equations_are_typeset_offline(site, page):
+    # MathJax comes from the build (_static/mathjax, copied from jupyter-server-mathjax by
+    # mtlc.book_mathjax), so with the network blocked the method page's TeX is typeset
+    BLOCKED.clear()
+    page.goto(site + "book/method.html", wait_until="load")
+    n_math = page.locator("main .math").count()
+    assert n_math >= 20, f"the method page has only {n_math} formulas"
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "() => window.MathJax && MathJax.Hub && MathJax.isReady && "
+            "!document.querySelector('main').innerText.includes('\\\\(') && "
+            "document.querySelectorAll('main .MathJax, main .MathJax_Display').length > 0",
+            timeout=30_000,
+        )
+    except PlaywrightTimeout:
+        pytest.fail(f"MathJax did not typeset the method page in 30 s; blocked requests: {BLOCKED}")
+    text = page.inner_text("main")
+    for raw in ("\\(", "\\)", "\\[", "\\]", "$$", "\\frac", "\\sum"):
+        assert raw not in text, f"raw TeX {raw!r} left in the method page"
+    typeset = page.locator("main .MathJax, main .MathJax_Display").count()
+    assert typeset >= n_math, (typeset, n_math)  # every formula rendered (display ones twice)
+    assert page.locator("main .MathJax_Error, main merror").count() == 0
+    src = page.eval_on_selector_all(
+        "script[src*='MathJax.js']", "els => els.map(e => e.getAttribute('src'))"
+    )
+    assert src and all("_static/mathjax/" in u for u in src), src
+    assert not BLOCKED, f"the method page asked the network for {BLOCKED}"
