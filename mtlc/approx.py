@@ -774,14 +774,23 @@ def random_design_fit_fixed_c(
     product and solved together. With 201 tasks (200 partner columns) and a few hundred networks
     this takes seconds per target instead of minutes.
 
-    ``ridge`` applies to the transfer coefficients (multi only); the intercept and the own rate
-    ``a`` are not penalised, as in :mod:`mtlc.curves`.
+    ``ridge`` applies to the transfer coefficients (multi and marginal); the intercept and the
+    own rate ``a`` are not penalised, as in :mod:`mtlc.curves`.
+
+    ``model="marginal"`` (this function only): one partner at a time,
+    ``log(c - P_i) = b - a n_i - a_ij n_j`` fitted for every partner j separately (three
+    parameters per fit, the same points, weights and bootstrap replicates). The random design
+    draws every task's size independently, so the partners left out of a fit only add noise:
+    the marginal a_ij estimates the same coefficient as the multi-partner fit, averaged over the
+    other partners' random sizes, without solving for all partners at once (which needs many
+    more networks than partners). ``a`` (and ``rho``) come from the same three-parameter fit.
     """
     from mtlc.stats import bh
 
-    if model not in ("multi", "exp3.2"):
+    if model not in ("multi", "exp3.2", "marginal"):
         raise ConfigError(
-            f"random_design_fit_fixed_c: model must be 'multi' or 'exp3.2', got {model!r}"
+            "random_design_fit_fixed_c: model must be 'multi', 'exp3.2' or 'marginal', got "
+            f"{model!r}"
         )
     if run.sizes is None or "run" not in run.table.columns:
         raise InputTableError("random_design_fit_fixed_c needs the output of random_design_runs")
@@ -800,14 +809,14 @@ def random_design_fit_fixed_c(
     n_ctx = tab["n_context"].to_numpy(dtype=np.float64)
     rng = np.random.default_rng(seed)
     alpha = 1 - level
-    pen_ridge = ridge if model == "multi" else 0.0
+    pen_ridge = ridge if model in ("multi", "marginal") else 0.0
     out = []
     for k_t, target in enumerate(ids):
         sel = keep & (task_col == target)
         if sel.sum() == 0:
             continue
         partners = [t for t in ids if t != target]
-        if model == "multi":
+        if model in ("multi", "marginal"):
             ctx = np.delete(S_all[sel], k_t, axis=1)
         else:
             ctx = n_ctx[sel][:, None]
@@ -824,20 +833,24 @@ def random_design_fit_fixed_c(
         X = np.column_stack([n_task[sel], ctx])[ok] / 1000.0
         y = np.log(c - p[ok])
         w = (c - p[ok]) ** 2
-        D = np.column_stack([np.ones(ok.sum()), -X])
         W = mult[:, ok] * w[None, :]
-        pen = np.zeros(D.shape[1])
-        pen[2:] = pen_ridge
-        DtW = D.T[None, :, :] * W[:, None, :]  # (reps, params, points)
-        G = DtW @ D + np.diag(pen)
-        rhs = DtW @ y
-        theta = _solve_each(G, rhs)
         flag = "c_fixed" + ("" if ok.all() else f";points_above_c:{int((~ok).sum())}")
-        a = float(theta[0, 1])
-        sources = partners if model == "multi" else ["S"]
+        if model == "marginal":
+            coef, own = _marginal_fits(X[:, 0], X[:, 1:], y, W, pen_ridge)
+            flag += ";marginal"
+        else:
+            D = np.column_stack([np.ones(ok.sum()), -X])
+            pen = np.zeros(D.shape[1])
+            pen[2:] = pen_ridge
+            DtW = D.T[None, :, :] * W[:, None, :]  # (reps, params, points)
+            theta = _solve_each(DtW @ D + np.diag(pen), DtW @ y)
+            coef = theta[:, 2:]
+            own = np.repeat(theta[:, 1:2], coef.shape[1], axis=1)
+        sources = partners if model != "exp3.2" else ["S"]
         for k_s, src in enumerate(sources):
-            full = float(theta[0, 2 + k_s])
-            bs = theta[1:, 2 + k_s]
+            a = float(own[0, k_s])
+            full = float(coef[0, k_s])
+            bs = coef[1:, k_s]
             bs = bs[np.isfinite(bs)]
             if len(bs):
                 lo, hi = np.quantile(bs, [alpha / 2, 1 - alpha / 2])
@@ -866,6 +879,41 @@ def random_design_fit_fixed_c(
     if len(res):
         res["q_pos"] = bh(res["p_pos"].to_numpy())
     return res
+
+
+def _marginal_fits(
+    x_own: np.ndarray, X: np.ndarray, y: np.ndarray, W: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted LS of ``y`` on ``[1, -x_own, -X[:, j]]`` for every column j and weight row.
+
+    x_own: ``(n,)``; X: ``(n, m)`` partner sizes (thousands); y: ``(n,)``; W: ``(reps, n)``
+    weights (bootstrap multiplicity times the curve weight). Returns ``(coef, own)``, both
+    ``(reps, m)``: the partner's coefficient and the own rate of each fit (NaN if singular).
+    The 3x3 normal equations are built from weighted sums (one matrix product each) and
+    solved in one batch.
+    """
+    u = -x_own
+    V = -X
+    s00 = W.sum(axis=1)[:, None]
+    s0u = (W @ u)[:, None]
+    suu = (W @ (u * u))[:, None]
+    s0v = W @ V
+    suv = W @ (V * u[:, None])
+    svv = W @ (V * V) + ridge
+    r0 = (W @ y)[:, None]
+    ru = (W @ (u * y))[:, None]
+    rv = W @ (V * y[:, None])
+    shape = s0v.shape
+    G = np.empty((*shape, 3, 3))
+    G[..., 0, 0] = s00
+    G[..., 0, 1] = G[..., 1, 0] = s0u
+    G[..., 1, 1] = suu
+    G[..., 0, 2] = G[..., 2, 0] = s0v
+    G[..., 1, 2] = G[..., 2, 1] = suv
+    G[..., 2, 2] = svv
+    rhs = np.stack(np.broadcast_arrays(r0, ru, rv), axis=-1)
+    theta = _solve_each(G.reshape(-1, 3, 3), rhs.reshape(-1, 3)).reshape(*shape, 3)
+    return theta[..., 2], theta[..., 1]
 
 
 def _solve_each(G: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -107,6 +107,36 @@ def test_closed_form_fit_equals_the_copied_table_fit(planted_store, model):
             assert (fast[c] == slow[c]).all(), c
 
 
+def test_marginal_fit_is_one_weighted_least_squares_per_partner(planted_store):
+    run = approx.random_design_from_store(ResultsStore(planted_store).read())
+    fit = approx.random_design_fit_fixed_c(run, model="marginal", ridge=0.0, n_boot=30)
+    assert len(fit) == len(IDS) * (len(IDS) - 1) and fit["flag"].str.endswith("marginal").all()
+    tab, S = run.table, run.sizes
+    for target, partner in (("t0", "t2"), ("t3", "t1")):
+        m = (tab["task"] == target).to_numpy()
+        p = tab.loc[m, "value"].to_numpy()
+        w = np.sqrt((1 - p) ** 2)
+        D = np.column_stack(
+            [np.ones(m.sum()), -tab.loc[m, "n_task"] / 1000, -S.loc[m, partner] / 1000]
+        )
+        theta = np.linalg.lstsq(D * w[:, None], np.log(1 - p) * w, rcond=None)[0]
+        row = fit[(fit["target"] == target) & (fit["source"] == partner)].iloc[0]
+        assert row["estimate"] == pytest.approx(theta[2], rel=1e-9)
+        assert row["a"] == pytest.approx(theta[1], rel=1e-9)
+    # the planted pair stands out, with an interval above 0; the others' intervals cover 0
+    t0 = fit[fit["target"] == "t0"].set_index("source")
+    assert t0["estimate"].idxmax() == "t2" and t0.loc["t2", "ci_lo"] > 0
+    assert t0.loc["t2", "estimate"] > 1.5  # c = 1 is above the planted asymptote 0.9: shrunk
+    # at the planted asymptote the marginal fit recovers the planted size: the partners left
+    # out only add noise, because the design draws every size independently
+    true_c = approx.random_design_fit_fixed_c(run, c=0.9, model="marginal", n_boot=5)
+    est = true_c.set_index(["target", "source"])["estimate"]
+    assert est[("t0", "t2")] == pytest.approx(3.0, rel=0.15)
+    assert est[("t0", "t1")] == pytest.approx(0.0, abs=0.5)
+    rest = fit[(fit["target"] != "t0")]
+    assert ((rest["ci_lo"] <= 0) & (rest["ci_hi"] >= 0)).mean() >= 0.85
+
+
 def test_closed_form_fit_in_float32_inputs_matches_float64(planted_store):
     # sizes and AUCs stored as float32 (e.g. a compact copy) give the same coefficients to
     # float32 precision: the fit itself always runs in float64
@@ -208,6 +238,24 @@ def test_float32_output_is_half_precision_of_the_same_numbers(planted_store, tmp
     np.testing.assert_array_equal(tb["target"], ta["target"])
 
 
+def test_compact_output_reads_back_the_same_table(planted_store, tmp_path):
+    from mtlc.commands.pairwise import COMPACT_BITS, DERIVED
+
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    common = ["--runs", str(planted_store), "--n-boot", "20", "--c-fixed", "1", "--by-fold"]
+    assert main(["pairwise", "fit", *common, "--out", str(a)]) == 0
+    assert main(["pairwise", "fit", *common, "--out", str(b), "--compact"]) == 0
+    assert not set(DERIVED) & set(pd.read_parquet(b).columns)  # not stored...
+    ta, tb = read_pairwise(a), read_pairwise(b)  # ...but recomputed on read
+    assert list(tb.columns) == COLUMNS
+    tol = 2.0 ** -(COMPACT_BITS + 1)
+    for c in ("estimate", "ci_lo", "ci_hi", "se", "a", "rho"):
+        np.testing.assert_allclose(tb[c], ta[c], rtol=2.5 * tol, atol=1e-30, err_msg=c)
+    np.testing.assert_allclose(tb["p_pos"], ta["p_pos"], rtol=0.05, atol=1e-4)
+    np.testing.assert_allclose(tb["q_pos"], ta["q_pos"], rtol=0.05, atol=1e-4)
+    assert ((tb["q_pos"] < 0.05) == (ta["q_pos"] < 0.05)).mean() > 0.95
+
+
 def test_free_asymptote_fit_through_the_command(planted_store, tmp_path):
     out = tmp_path / "free.parquet"
     assert main(["pairwise", "fit", "--runs", str(planted_store), "--out", str(out),
@@ -227,6 +275,7 @@ def test_free_asymptote_fit_through_the_command(planted_store, tmp_path):
         (["--c-fixed", "one"], "--c-fixed"),
         (["--no-pooled"], "--by-fold"),
         (["--level", "1.5"], "--level"),
+        (["--model", "marginal"], "--c-fixed"),
     ],
 )
 def test_bad_input_is_a_one_line_error(planted_store, tmp_path, capsys, extra, message):

@@ -58,6 +58,12 @@ COLUMNS = [
     "n_boot",
 ]
 _FLOATS = ["estimate", "ci_lo", "ci_hi", "se", "p_pos", "q_pos", "rho", "a"]
+#: Columns a compact table leaves out: :func:`read_pairwise` recomputes them exactly as the fit
+#: does (p_pos from estimate / se, q_pos by Benjamini-Hochberg within each fit, rho = a_ij / a).
+DERIVED = ["p_pos", "q_pos", "rho"]
+#: Stored mantissa bits of a compact table's floats: relative error at most 2**-11 (5e-4), far
+#: below the bootstrap's own Monte-Carlo error, and a third of the float64 size.
+COMPACT_BITS = 10
 _META_KEY = b"mtlc.pairwise"
 
 
@@ -112,36 +118,65 @@ def pairwise_table(
     out["flag"] = fit["flag"].astype(str).to_numpy() if len(fit) else []
     out["n_points"] = fit["n_points"].to_numpy(dtype=np.int64) if len(fit) else []
     out["n_runs"] = np.int64(len(nets))
-    out["ridge"] = float(ridge) if model == "multi" else 0.0
+    out["ridge"] = float(ridge) if model in ("multi", "marginal") else 0.0
     out["c_fixed"] = np.nan if c_fixed is None else float(c_fixed)
     out["n_boot"] = np.int64(n_boot)
     return out[COLUMNS].reset_index(drop=True)
 
 
 def read_pairwise(path: str | os.PathLike) -> pd.DataFrame:
-    """The table written by ``mtlc pairwise fit`` (float columns as float64)."""
+    """The table written by ``mtlc pairwise fit`` (:data:`COLUMNS`, floats as float64).
+
+    A compact table (``--compact``) gets its :data:`DERIVED` columns back, computed as
+    :func:`mtlc.approx.random_design_fit` computes them.
+    """
+    from scipy import stats as sps
+
+    from mtlc.stats import bh
+
     p = Path(path)
     if not p.is_file():
         raise DataFileError(
             f"no pairwise table at {p}; write it with `mtlc pairwise fit --runs STORE --out {p}`"
         )
     df = pd.read_parquet(p)
-    missing = [c for c in COLUMNS if c not in df.columns]
+    derived = [c for c in DERIVED if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in derived]
     if missing:
         raise InputTableError(f"{p} is not a pairwise table: it lacks column(s) {missing}")
     for c in _FLOATS:
-        df[c] = df[c].astype(np.float64)
-    return df
+        if c in df.columns:
+            df[c] = df[c].astype(np.float64)
+    if derived:
+        est, se, a = (df[c].to_numpy() for c in ("estimate", "se", "a"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            good = (se > 0) & np.isfinite(est)
+            df["p_pos"] = np.where(good, sps.norm.sf(est / np.where(good, se, 1.0)), np.nan)
+            df["rho"] = np.where(a > 0, est / a, np.nan)
+        df["q_pos"] = np.nan
+        for _, idx in df.groupby(["fold", "model"], sort=False).groups.items():
+            df.loc[idx, "q_pos"] = bh(df.loc[idx, "p_pos"].to_numpy())
+    return df[COLUMNS]
 
 
-def _atomic_write(df: pd.DataFrame, path: Path, meta: dict[str, Any], *, float32: bool) -> None:
+def _atomic_write(
+    df: pd.DataFrame, path: Path, meta: dict[str, Any], *, float32: bool, compact: bool = False
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mtlc.affinity import round_mantissa
+
     df = df.copy()
-    if float32:  # halves the stored size; far below the bootstrap's own precision
+    if compact:
+        df = df.drop(columns=DERIVED)
+        for c in _FLOATS:
+            if c in df.columns:
+                df[c] = round_mantissa(df[c].to_numpy(), COMPACT_BITS)
+    elif float32:  # halves the stored size; far below the bootstrap's own precision
         for c in _FLOATS:
             df[c] = df[c].astype(np.float32)
+    floats = [c for c in _FLOATS if c in df.columns]
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()}
@@ -150,7 +185,8 @@ def _atomic_write(df: pd.DataFrame, path: Path, meta: dict[str, Any], *, float32
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            # byte-stream-split puts the zeroed low mantissa bytes together: they compress away
+            pq.write_table(table, fh, compression="zstd", use_byte_stream_split=floats)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -180,6 +216,8 @@ def _fit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ridge must be >= 0, got {args.ridge}")
     if not 0 < args.level < 1:
         raise ConfigError(f"--level must be between 0 and 1, got {args.level}")
+    if args.model == "marginal" and args.c_fixed in ("none", "free"):
+        raise ConfigError("--model marginal is a closed-form fit: give --c-fixed (e.g. 1 for AUC)")
     if args.no_pooled and not args.by_fold:
         raise ConfigError("--no-pooled leaves nothing to fit: add --by-fold")
     c_fixed = None if args.c_fixed in ("none", "free") else _float(args.c_fixed, "--c-fixed")
@@ -212,6 +250,7 @@ def _fit(args: argparse.Namespace) -> int:
         [str(f) for f in folds] if args.by_fold else []
     )
     meta = {**settings, "units": units, "runs_store": str(store_path)}
+    meta["format"] = "compact" if args.compact else ("float32" if args.float32 else "float64")
     out = Path(args.out)
     if out.is_file() and not args.force:
         old = _read_meta(out)
@@ -254,7 +293,7 @@ def _fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     table = pd.concat(tables, ignore_index=True)[COLUMNS]
-    _atomic_write(table, out, meta, float32=args.float32)
+    _atomic_write(table, out, meta, float32=args.float32, compact=args.compact)
     shutil.rmtree(partial, ignore_errors=True)
     flags = table["flag"].value_counts().to_dict()
     print(
@@ -325,7 +364,13 @@ def register(subparsers: Any) -> None:
     )
     f.add_argument("--runs", required=True, help="results store of mtlc train --regime random")
     f.add_argument("--out", required=True, help="Parquet file to write (tidy table)")
-    f.add_argument("--model", default="multi", choices=["multi", "exp3.2"])
+    f.add_argument(
+        "--model",
+        default="multi",
+        choices=["multi", "exp3.2", "marginal"],
+        help="multi: all partners in one fit; exp3.2: summed context a_iS; marginal: one "
+        "partner at a time (needs --c-fixed)",
+    )
     f.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over networks")
     f.add_argument(
         "--ridge", type=float, default=1e-3, help="ridge on the a_ij (multi; rates per 1000)"
@@ -342,6 +387,12 @@ def register(subparsers: Any) -> None:
     f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     f.add_argument(
         "--float32", action="store_true", help="store the float columns as float32 (half size)"
+    )
+    f.add_argument(
+        "--compact",
+        action="store_true",
+        help=f"smallest file: floats as float32 with {COMPACT_BITS} mantissa bits, and "
+        f"{', '.join(DERIVED)} recomputed when read (read_pairwise)",
     )
     f.add_argument("--force", action="store_true", help="refit even if OUT is up to date")
     f.set_defaults(func=_fit)
