@@ -49,8 +49,8 @@ PAGES = _toc_files()
 # What each page must show at least: figures (plots, at least 200 px wide) and tables.
 EXPECT: dict[str, dict[str, int]] = {
     "book/executed/01_data": {"figures": 4, "tables": 1},
-    "book/executed/02_learning_curves": {"figures": 2, "tables": 1},
-    "book/executed/03_curve_fits": {"figures": 2, "tables": 1},
+    "book/executed/02_learning_curves": {"figures": 3, "tables": 2},
+    "book/executed/03_curve_fits": {"figures": 4, "tables": 2},
     "book/executed/04_pairwise_and_tag": {"figures": 2, "tables": 2},
     "book/executed/05_foundation_context": {"figures": 2, "tables": 2},
     "book/executed/06_findings": {"tables": 2},
