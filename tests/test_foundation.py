@@ -238,6 +238,33 @@ def test_cli_foundation(tmp_path, capsys):
     assert (tmp_path / "st_trunks").is_dir()
 
 
+def test_cli_foundation_probe_only(tmp_path, capsys):
+    """``--modes probe`` alone: the closing summary measures against the probe on a random
+    trunk (there is no fine-tuned scratch curve) instead of failing with "no reference"."""
+    import argparse
+
+    from mtlc.commands import foundation as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "foundation",
+            "--dataset", "synthetic", "--split", "compound", "--targets", "t00",
+            "--contexts", "scratch,pair:t01", "--modes", "probe", "--folds", "3",
+            "--fold-subset", "0", "--sizes", "16,32", "--hidden", "16", "--epochs", "2",
+            "--device", "cpu", "--store", str(tmp_path / "st"),
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "foundation: 4 jobs" in out
+    assert "against the probe regime's scratch curve" in out
+    summary = out.split("scratch curve (medians):", 1)[1]
+    assert "foundation-probe" in summary and "pair:t01" in summary
+    assert "foundation-finetune" not in summary
+
+
 def test_size_ratio_and_pretrain_epochs(planted, tmp_path):
     """The auto grid follows ``size_ratio``; ``pretrain_epochs`` bounds pretraining only and
     enters the job ids only when set (stores made without it keep their ids)."""

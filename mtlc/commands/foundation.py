@@ -68,15 +68,24 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(summ)
     df = fd.read_foundation(args.store)
-    if len(df) and (df["context"] == "scratch").any():
-        s = fd.summarize_shifts(fd.context_shifts(df))
+    scratch = df[df["context"] == "scratch"] if len(df) else df
+    if len(scratch):
+        # the reference is fine-tuning from scratch; a probe-only run has just the probe on a
+        # random trunk, so it is measured against that instead of failing for lack of the other
+        ref = (
+            "foundation-finetune"
+            if (scratch["regime"] == "foundation-finetune").any()
+            else "foundation-probe"
+        )
+        s = fd.summarize_shifts(fd.context_shifts(df, reference_regime=ref))
         cols = ["regime", "context", "gain", "multiplier", "rho"]
+        print(f"shifts against the {ref.split('-', 1)[1]} regime's scratch curve (medians):")
         print(s.groupby(["regime", "context"])[cols[2:]].median().round(3).to_string())
     return 0
 
 
 def _selection(args: argparse.Namespace, ds: Any, targets, folds, sizes, fold_subset) -> int:
-    """``--selection``: top-k partners by TAG / cosine vs random vs all vs none, per fold."""
+    """``--selection``: top-k partners by TAG / cosine / MTLC vs random vs all vs none, per fold."""
     from mtlc import selection as sel
     from mtlc.store import ResultsStore
     from mtlc.training import TrainConfig
@@ -103,16 +112,21 @@ def _selection(args: argparse.Namespace, ds: Any, targets, folds, sizes, fold_su
         max_size=args.max_size,
         size_ratio=args.size_ratio,
         tag_epochs=args.tag_epochs,
+        estimators=_list(args.estimators),
+        mtlc_runs=args.mtlc_runs,
+        mtlc_inner_folds=args.mtlc_inner_folds,
+        mtlc_candidates=args.mtlc_candidates,
         seed=args.seed,
         split=args.split,
         recipe=str(ds.info.get("recipe", "")),
     )
     for s in res["summaries"]:
         print(s)
-    tab = sel.selection_table(
-        ResultsStore(args.store).read(), estimator_cost=res["estimator_seconds"]
-    )
-    cols = ["set", "auc_small", "auc_full", "d_small", "d_full", "n_models", "total_seconds"]
+    tab = sel.selection_table(ResultsStore(args.store).read(), estimator_cost=res["estimator_cost"])
+    cols = [
+        "set", "auc_small", "auc_full", "d_small", "d_full", "n_models",
+        "estimator_networks", "total_seconds",
+    ]  # fmt: skip
     print(tab[[c for c in cols if c in tab.columns]].round(3).to_string(index=False))
     return 0
 
@@ -150,12 +164,26 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--selection",
         action="store_true",
-        help="task selection instead: top-k partners by TAG affinity / gradient cosine (one "
-        "TAG run per fold on its training compounds) vs k random vs all vs none, trained jointly",
+        help="task selection instead: top-k partners by each of --estimators (TAG affinity, "
+        "gradient cosine, pairwise MTLC coefficients; measured on each fold's training "
+        "compounds) vs k random vs all vs none, trained jointly",
     )
     p.add_argument("--k", type=int, default=5, help="partners per set (--selection)")
     p.add_argument("--n-random", type=int, default=1, help="random sets (--selection)")
     p.add_argument("--tag-epochs", type=int, default=10, help="TAG run epochs (--selection)")
+    p.add_argument(
+        "--estimators",
+        default="tag,cosine",
+        help="rankings (--selection): tag, cosine (one TAG run per fold), mtlc (pairwise MTLC "
+        "coefficients from random-design runs on the fold's training compounds)",
+    )
+    p.add_argument(
+        "--mtlc-runs", type=int, default=160, help="random-design networks per inner fold (mtlc)"
+    )
+    p.add_argument("--mtlc-inner-folds", type=int, default=5, help="inner folds (mtlc)")
+    p.add_argument(
+        "--mtlc-candidates", type=int, default=20, help="candidate partners per target (mtlc)"
+    )
     p.add_argument("--min-val-compounds", type=int, default=0, help="(--selection)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
