@@ -41,6 +41,8 @@ __all__ = [
     "run_selection",
     "selection_table",
     "fold_estimators",
+    "fold_mtlc",
+    "label_overlap",
     "run_selection_folds",
 ]
 
@@ -203,7 +205,7 @@ def selection_table(
     *,
     metric: str = "roc_auc",
     small_n: int | None = None,
-    estimator_cost: Mapping[str, float] | None = None,
+    estimator_cost: Mapping[str, float | Mapping[str, float]] | None = None,
 ) -> pd.DataFrame:
     """Compare partner sets: one row per set kind (``top{k}:<name>``, ``random``, ``all``,
     ``none``), averaged over targets and folds.
@@ -213,7 +215,10 @@ def selection_table(
     ``d_small`` / ``d_full`` (minus the ``all`` set, per target and fold, then averaged),
     ``n_models`` (networks trained), ``train_seconds`` (their summed wall time),
     ``estimator_seconds`` (from ``estimator_cost``, keyed by estimator name: what computing the
-    ranking cost), ``total_seconds``, ``n_targets``, ``n_partners`` (mean set size).
+    ranking cost, wall seconds; a value may also be a cost dict with ``wall_seconds`` and
+    ``networks``, as :func:`run_selection_folds` returns), ``estimator_networks`` (networks
+    the estimator trained; NaN when given seconds only), ``total_seconds``, ``n_targets``,
+    ``n_context_pairs`` (mean partner training pairs).
     """
     d = df[(df["regime"] == REGIME) & (df["metric"] == metric) & (df["status"] == "ok")].copy()
     if d.empty:
@@ -249,9 +254,17 @@ def selection_table(
     ].mean()
     out = out.join(cost).join(ctx_pairs).reset_index()
     est = estimator_cost or {}
-    out["estimator_seconds"] = [
-        float(est.get(s.split(":", 1)[1], 0.0)) if s.startswith("top") else 0.0 for s in out["set"]
-    ]
+
+    def _cost(s: str, field: str) -> float:
+        if not s.startswith("top"):
+            return 0.0
+        c = est.get(s.split(":", 1)[1], 0.0)
+        if isinstance(c, Mapping):
+            return float(c.get(field, np.nan))
+        return float(c) if field == "wall_seconds" else np.nan
+
+    out["estimator_seconds"] = [_cost(s, "wall_seconds") for s in out["set"]]
+    out["estimator_networks"] = [_cost(s, "networks") for s in out["set"]]
     out["total_seconds"] = out["train_seconds"] + out["estimator_seconds"]
     out["small_n"] = small_n
     order = {"none": 0, "all": 9}
@@ -323,6 +336,190 @@ def fold_estimators(
     return out
 
 
+def _key(payload: Mapping[str, Any], folds: np.ndarray) -> str:
+    """Cache key: a hash of the settings and the fold assignment."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(np.asarray(folds), dtype=np.int64).tobytes())
+    return h.hexdigest()[:20]
+
+
+def label_overlap(ds: MultiTaskDataset, compounds: np.ndarray | None = None) -> np.ndarray:
+    """``(K, K)`` int64: compounds labelled for both tasks (among ``compounds``, default all)."""
+    import scipy.sparse as sp
+
+    keep = np.ones(ds.n_pairs, dtype=bool)
+    if compounds is not None:
+        inside = np.zeros(ds.n_compounds, dtype=bool)
+        inside[np.asarray(compounds, dtype=np.int64)] = True
+        keep = inside[ds.rows]
+    M = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (ds.rows[keep], ds.cols[keep])),
+        shape=(ds.n_compounds, ds.n_tasks),
+    )
+    return np.rint((M.T @ M).toarray()).astype(np.int64)
+
+
+def fold_mtlc(
+    ds: MultiTaskDataset,
+    folds: np.ndarray,
+    fold: int,
+    targets: Sequence[str | int],
+    *,
+    config: Any,
+    n_runs: int = 160,
+    inner_folds: int = 5,
+    n_candidates: int = 20,
+    max_size: int | None = None,
+    split: str = "compound",
+    c_fixed: float | None = 1.0,
+    ridge: float = 1e-3,
+    n_boot: int = 50,
+    seed: int = 0,
+    cache: str | os.PathLike | None = None,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Pairwise MTLC coefficients ``a_ij`` of the ``targets``, from one fold's training compounds.
+
+    The test fold never informs the ranking: the compounds outside test fold ``fold`` are split
+    again (``inner_folds`` folds, the same ``split`` type), and on every inner fold
+    :func:`mtlc.approx.random_design_runs` trains ``n_runs`` all-task networks on the other
+    inner folds with every task's size drawn at random (``config``'s network), scored on that
+    inner fold. All ``inner_folds * n_runs`` networks are pooled per target and
+    :func:`mtlc.approx.random_design_fit` (``model="multi"``, ``c_fixed``, ``ridge``,
+    ``n_boot``) regresses ``log(c - AUC_i)`` on ``n_i``, the sizes of the target's
+    ``n_candidates`` candidate partners (the tasks sharing the most labelled training compounds
+    with it; ties by task order) and the summed size of all other tasks (one ``rest`` column,
+    which absorbs their variation instead of leaving it in the residual).
+
+    Returns ``{"a": (K, K), "se": (K, K), "score": (K, K), "n_points": (K,), "cost": {...},
+    "seconds": wall seconds}``, matrices ``[source, target]`` aligned with ``ds``'s tasks:
+    ``a`` the coefficient (per 1000 samples), ``se`` its bootstrap standard error, ``score``
+    the ranking, ``a_ij * N_j / 1000`` with ``N_j`` the partner's training pairs in the outer
+    fold: the exponent gain the partner's full data buys when it joins the target (partners
+    join with all their pairs), NaN outside the candidates and for non-targets. ``cost``:
+    ``wall_seconds`` (runs and fits), ``networks``, ``forward``, ``backward`` (see
+    :mod:`mtlc.approx`). With ``cache`` (a directory) stored as ``mtlc-<key>.npz`` (float32
+    matrices) and read back with the cost of the run that made it.
+    """
+    from mtlc import approx
+    from mtlc.foundation import _threads
+    from mtlc.splits import kfold
+
+    fa = np.asarray(folds)
+    tidx = sorted(
+        {ds.task_index(t) if not isinstance(t, (int, np.integer)) else int(t) for t in targets}
+    )
+    if n_runs < 1 or inner_folds < 2 or n_candidates < 1:
+        raise ConfigError(
+            f"fold_mtlc: n_runs >= 1, inner_folds >= 2 and n_candidates >= 1 are needed, got "
+            f"{n_runs}, {inner_folds}, {n_candidates}"
+        )
+    key = _key(
+        {
+            "dataset": ds.name,
+            "shape": [ds.n_compounds, ds.n_tasks],
+            "fold": int(fold),
+            "targets": tidx,
+            "config": str(config.hash()),
+            "n_runs": int(n_runs),
+            "inner_folds": int(inner_folds),
+            "n_candidates": int(n_candidates),
+            "max_size": None if max_size is None else int(max_size),
+            "split": split,
+            "c_fixed": c_fixed,
+            "ridge": float(ridge),
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+        },
+        fa,
+    )
+    f = None if cache is None else Path(cache) / f"mtlc-{key}.npz"
+    cost_keys = ("wall_seconds", "networks", "forward", "backward")
+    if f is not None and f.is_file():
+        z = np.load(f)
+        out = {k: z[k].astype(np.float64) for k in ("a", "se", "score")}
+        out["n_points"] = z["n_points"].astype(np.int64)
+        out["cost"] = {k: float(z[k]) for k in cost_keys}
+        out["seconds"] = out["cost"]["wall_seconds"]
+        return out
+    t0 = time.perf_counter()
+    train_c = np.flatnonzero(fa != fold)
+    sub = ds.subset(compounds=train_c, drop_empty_compounds=False)  # tasks keep their order
+    inner = kfold(sub, n_folds=int(inner_folds), split=split, seed=int(seed))
+    with _threads(threads):
+        run = approx.random_design_runs(
+            sub,
+            inner,
+            n_runs=int(n_runs),
+            test_folds=tuple(range(int(inner_folds))),
+            config=config,
+            max_size=max_size,
+            seed=int(seed),
+        )
+    ids = [str(t) for t in ds.tasks["task_id"]]
+    K = len(ids)
+    overlap = label_overlap(ds, train_c)
+    available = FoldPools(ds, fa, int(fold), int(seed)).available.astype(np.float64)
+    A = np.full((K, K), np.nan)
+    SE = np.full((K, K), np.nan)
+    n_points = np.zeros(K, dtype=np.int64)
+    tab = run.table.reset_index(drop=True)
+    sizes = run.sizes.reset_index(drop=True)
+    for i in tidx:
+        others = np.array([j for j in range(K) if j != i])
+        # most shared labelled training compounds first; ties by task order (stable sort)
+        cand = others[np.argsort(-overlap[others, i], kind="stable")][: int(n_candidates)]
+        rest = [ids[j] for j in others if j not in set(cand.tolist())]
+        rows = (tab["task"] == ids[i]).to_numpy()
+        cols = [ids[i], *[ids[j] for j in cand]]
+        S = sizes.loc[rows, cols].reset_index(drop=True)
+        if rest:
+            S["rest"] = sizes.loc[rows, rest].sum(axis=1).to_numpy()
+        sub_run = approx.CurveRun(tab[rows].reset_index(drop=True), run.cost, sizes=S)
+        fit = approx.random_design_fit(
+            sub_run, model="multi", ridge=ridge, n_boot=n_boot, c_fixed=c_fixed, seed=int(seed)
+        )
+        if fit.empty:
+            continue
+        fit = fit.set_index("source")
+        for j in cand:
+            if ids[j] in fit.index:
+                A[j, i] = float(fit.loc[ids[j], "estimate"])
+                SE[j, i] = float(fit.loc[ids[j], "se"])
+        n_points[i] = int(fit["n_points"].iloc[0])
+    score = A * available[:, None] / 1000.0
+    cost = {k: float(run.cost[k]) for k in cost_keys}
+    cost["wall_seconds"] = time.perf_counter() - t0  # the runs, the split and the fits
+    out = {"a": A, "se": SE, "score": score, "n_points": n_points, "cost": cost}
+    out["seconds"] = cost["wall_seconds"]
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".tmp-{os.getpid()}-{f.name}")
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                a=A.astype(np.float32),
+                se=SE.astype(np.float32),
+                score=score.astype(np.float32),
+                n_points=n_points,
+                **cost,
+            )
+        os.replace(tmp, f)
+        # read back what was stored, so the first call and later calls rank identically
+        return fold_mtlc(
+            ds, folds, fold, targets, config=config, n_runs=n_runs, inner_folds=inner_folds,
+            n_candidates=n_candidates, max_size=max_size, split=split, c_fixed=c_fixed, ridge=ridge,
+            n_boot=n_boot, seed=seed, cache=cache, threads=threads,
+        )  # fmt: skip
+    return out
+
+
+ESTIMATORS = ("tag", "cosine", "mtlc")
+
+
 def run_selection_folds(
     ds: MultiTaskDataset,
     folds: np.ndarray,
@@ -339,6 +536,10 @@ def run_selection_folds(
     tag_config: Any = None,
     tag_epochs: int = 10,
     extra_estimators: Mapping[str, Any] | None = None,
+    estimators: Sequence[str] = ("tag", "cosine"),
+    mtlc_runs: int = 160,
+    mtlc_inner_folds: int = 5,
+    mtlc_candidates: int = 20,
     seed: int = 0,
     split: str = "compound",
     recipe: str = "",
@@ -346,34 +547,73 @@ def run_selection_folds(
 ) -> dict[str, Any]:
     """Task selection per fold with estimators measured on that fold's training compounds.
 
-    Per test fold: :func:`fold_estimators` (one TAG run, cached under ``<store>_estimators``),
-    :func:`partner_sets` (``top{k}`` by TAG affinity and by gradient cosine, plus any
+    Per test fold: the ``estimators`` (any of ``"tag"``, ``"cosine"``: one
+    :func:`fold_estimators` TAG run; ``"mtlc"``: :func:`fold_mtlc` with ``mtlc_runs``
+    random-design networks per inner fold, ``mtlc_inner_folds`` inner folds and
+    ``mtlc_candidates`` candidate partners per target), each cached under
+    ``<store>_estimators``; then :func:`partner_sets` (``top{k}`` by each estimator, plus any
     ``extra_estimators`` such as a planted truth, ``n_random`` random sets, ``all``, ``none``)
-    and :func:`run_selection` into ``store`` (resumable). Returns ``{"sets": {fold: sets},
-    "estimator_seconds": {"tag": s, "cosine": s, ...}`` (summed over folds; both rankings come
-    from the same run, so each is charged its full cost), ``"summaries"``: one ``RunSummary``
-    per fold}.
+    and :func:`run_selection` into ``store`` (resumable: adding an estimator trains only its
+    sets; the other sets' job ids do not depend on which estimators run). ``tag_config``: the
+    network of the estimator runs (default ``config``).
+
+    Returns ``{"sets": {fold: sets}, "estimator_seconds": {name: s}`` (wall seconds summed
+    over folds; TAG affinity and gradient cosine come from the same run, so each is charged its
+    full cost), ``"estimator_cost": {name: {"wall_seconds", "networks", "forward",
+    "backward"}}`` (summed over folds; passes NaN where not counted), ``"mtlc": {fold:
+    fold_mtlc output}``, ``"summaries"``: one ``RunSummary`` per fold}.
     """
     from mtlc.foundation import _threads
 
+    bad = [e for e in estimators if e not in ESTIMATORS]
+    if bad:
+        raise ConfigError(f"unknown estimator(s) {bad}; choose from {', '.join(ESTIMATORS)}")
     fold_ids = sorted(set(np.asarray(folds).tolist())) if fold_subset is None else fold_subset
     est_dir = f"{str(store).rstrip('/')}_estimators"
-    out: dict[str, Any] = {"sets": {}, "estimator_seconds": {}, "summaries": []}
-    cost: dict[str, float] = {"tag": 0.0, "cosine": 0.0}
+    out: dict[str, Any] = {"sets": {}, "estimator_seconds": {}, "summaries": [], "mtlc": {}}
+    cost: dict[str, dict[str, float]] = {
+        e: {"wall_seconds": 0.0, "networks": 0.0, "forward": 0.0, "backward": 0.0}
+        for e in estimators
+    }
     for fold in fold_ids:
-        e = fold_estimators(
-            ds,
-            folds,
-            int(fold),
-            config=tag_config or config,
-            epochs=tag_epochs,
-            seed=seed,
-            cache=est_dir,
-            threads=threads,
-        )
-        cost["tag"] += e["seconds"]
-        cost["cosine"] += e["seconds"]
-        ests = {"tag": e["tag"], "cosine": e["cosine"], **dict(extra_estimators or {})}
+        ests: dict[str, Any] = {}
+        if "tag" in estimators or "cosine" in estimators:
+            e = fold_estimators(
+                ds,
+                folds,
+                int(fold),
+                config=tag_config or config,
+                epochs=tag_epochs,
+                seed=seed,
+                cache=est_dir,
+                threads=threads,
+            )
+            for name in ("tag", "cosine"):
+                if name in estimators:
+                    ests[name] = e[name]
+                    cost[name]["wall_seconds"] += e["seconds"]
+                    cost[name]["networks"] += 1.0
+                    cost[name]["forward"] = cost[name]["backward"] = np.nan  # not stored
+        if "mtlc" in estimators:
+            m = fold_mtlc(
+                ds,
+                folds,
+                int(fold),
+                targets,
+                config=tag_config or config,
+                n_runs=mtlc_runs,
+                inner_folds=mtlc_inner_folds,
+                n_candidates=mtlc_candidates,
+                split=split,
+                seed=seed,
+                cache=est_dir,
+                threads=threads,
+            )
+            ests["mtlc"] = m["score"]
+            for c_, v in m["cost"].items():
+                cost["mtlc"][c_] += v
+            out["mtlc"][int(fold)] = m
+        ests.update(dict(extra_estimators or {}))
         sets = partner_sets(ds, targets, ests, k=k, n_random=n_random, seed=seed)
         with _threads(threads):
             summ = run_selection(
@@ -393,6 +633,9 @@ def run_selection_folds(
         out["sets"][int(fold)] = sets
         out["summaries"].append(summ)
     for name in extra_estimators or {}:
-        cost.setdefault(name, 0.0)
-    out["estimator_seconds"] = cost
+        cost.setdefault(
+            name, {"wall_seconds": 0.0, "networks": 0.0, "forward": 0.0, "backward": 0.0}
+        )
+    out["estimator_cost"] = cost
+    out["estimator_seconds"] = {n: c["wall_seconds"] for n, c in cost.items()}
     return out
