@@ -40,7 +40,17 @@ CHECKS += [
 @pytest.fixture(scope="module")
 def smoke_copies(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke_executed")
-    results = execute(profile="smoke", output_dir=out, log=None)
+    # the kernels inherit the environment: one BLAS / torch thread each, as the other xdist
+    # worker runs the rest of the suite on the second core
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        results = execute(profile="smoke", output_dir=out, log=None)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
     assert [r.name for r in results] == [p.stem for p in discover()]
     return out
 
