@@ -173,3 +173,34 @@ def test_findings_page_repeats_the_chapters_exactly(executed):
         meta = nbformat.read(str(executed(name)), as_version=4).metadata["papermill"]
         assert findings[f"seconds_{ch}"] == pytest.approx(meta["duration"]), stale
         assert meta["parameters"]["profile"] in findings["chapter_profiles"]
+
+
+def test_notebooks_declare_their_parameters():
+    from mtlc.notebooks import declared_parameters
+
+    for nb in NOTEBOOKS:
+        assert "profile" in declared_parameters(nb), nb.name
+    # the findings page reads the executed copies of its own run (mtlc book execute sets it)
+    assert "executed_dir" in declared_parameters(ROOT / "notebooks" / "06_findings.ipynb")
+    assert "executed_dir" not in declared_parameters(
+        ROOT / "notebooks" / "02_learning_curves.ipynb"
+    )
+
+
+def test_mathjax_is_copied_from_the_pinned_package(tmp_path):
+    from mtlc import book_mathjax
+
+    dst = book_mathjax.copy_mathjax(tmp_path)
+    assert dst == tmp_path / "_static" / "mathjax"
+    assert (dst / "MathJax.js").stat().st_size > 10_000
+    assert (dst / "config" / f"{book_mathjax.MATHJAX_CONFIG}.js").exists()
+    # the web fonts the configuration names (_config.yml: HTML-CSS webFont STIX-Web)
+    assert (dst / "jax" / "output" / "HTML-CSS" / "fonts" / "STIX-Web" / "fontdata.js").exists()
+    stamp = (dst / ".copied-from").stat().st_mtime_ns
+    book_mathjax.copy_mathjax(tmp_path)  # a second build does not copy again
+    assert (dst / ".copied-from").stat().st_mtime_ns == stamp
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    assert "mtlc.book_mathjax" in cfg["extra_extensions"]
+    assert cfg["config"]["mathjax_path"] == (
+        f"mathjax/MathJax.js?config={book_mathjax.MATHJAX_CONFIG}"
+    )
