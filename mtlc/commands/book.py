@@ -2,7 +2,8 @@
 
 ``mtlc book execute [--profile smoke|full] [NAMES...]`` runs ``notebooks/*.ipynb`` with
 papermill into ``book/executed/``; ``mtlc book build`` runs ``jupyter-book build -W`` on the
-executed copies (execution off). ``make book`` does both.
+executed copies (execution off). ``make book`` does both, with ``--profile full`` (the
+stored results) unless ``PROFILE=smoke`` is given.
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Execute the notebooks in name order (never in place) and report times.",
     )
     ex.add_argument("names", nargs="*", help="notebook names or number prefixes (default: all)")
-    ex.add_argument("--profile", choices=("smoke", "full"), default="smoke")
+    ex.add_argument(
+        "--profile",
+        choices=("smoke", "full"),
+        default="smoke",
+        help="smoke: small studies trained live (default here); full: the stored paper-scale "
+        "results in results/ (what `make book` runs)",
+    )
     ex.add_argument(
         "--output-dir", default=None, help="where executed copies go (default book/executed)"
     )
