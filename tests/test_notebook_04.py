@@ -1,7 +1,9 @@
 """The executed comparison chapter (book/executed/04_pairwise_and_tag.ipynb): glued numbers.
 
 Reads the executed copy made by ``make executed``; skips with a reason when it is absent
-(fails in CI, where ``make test`` always executes first).
+(fails in CI, where ``make test`` always executes first). Profile-aware: the full profile's KIBA
+part reads the stored paper-scale runs (every kiba244 task, at least three test folds, bootstrap
+intervals); the smoke profile computes a small live subset.
 """
 
 from __future__ import annotations
@@ -85,3 +87,61 @@ def test_tag_finds_the_planted_pairs(g):
     # TAG ranks same-group pairs above unrelated ones on this strongly planted set (relatedness
     # 0.97 vs 0); a failure here means the comparison chapter compares against a broken TAG
     assert g["power_tag_ranking_auc"] > 0.7
+
+
+def test_kiba_scale_by_profile(g):
+    K = g["kiba_n_tasks"]
+    if g["profile"] == "full":
+        # the stored paper-scale study: every kiba244 task, scaffold folds 0-2 at least
+        assert K >= 201
+        assert g["kiba_rd_split"] == "scaffold"
+        assert g["kiba_rd_n_folds"] >= 3
+        assert g["kiba_rd_networks"] >= 100 * g["kiba_rd_n_folds"]
+        assert g["kiba_tag_n_folds"] >= 1  # whatever TAG folds are stored, said in the text
+        # every target has points from every network where its test fold has both classes
+        assert g["kiba_rd_points_per_target"] >= 0.9 * g["kiba_rd_networks"]
+    else:
+        assert 3 <= K <= 12
+        assert g["kiba_rd_n_folds"] == 2 and g["kiba_tag_n_folds"] == 2
+    assert isinstance(g["kiba_tag_same_split"], bool)
+
+
+def test_kiba_intervals_and_counts(g):
+    K = g["kiba_n_tasks"]
+    n = g["kiba_n_pairs"]
+    assert n == K * (K - 1)  # every directed pair has an estimate
+    for k in ("kiba_n_sig_pos", "kiba_n_ci_above_0", "kiba_n_ci_below_0"):
+        assert 0 <= g[k] <= n, k
+    assert g["kiba_n_ci_above_0"] + g["kiba_n_ci_below_0"] <= n
+    assert g["kiba_ci_width_median"] > 0  # intervals present and not degenerate
+    assert np.isfinite(g["kiba_a_median"])
+
+
+def test_kiba_agreement_stability_groups(g):
+    for k in (
+        "kiba_spearman_a_vs_Z",
+        "kiba_spearman_rho_vs_Z",
+        "kiba_spearman_a_vs_cosine",
+        "kiba_spearman_per_target_median",
+        "kiba_fold_stability_a",
+        "kiba_fold_stability_Z",
+    ):
+        v = g[k]
+        assert is_number(v) and -1 <= v <= 1, (k, v)
+    assert 0 <= g["kiba_frac_targets_positive"] <= 1
+    K = g["kiba_n_tasks"]
+    k_top = min(5, max(1, (K - 1) // 2))
+    assert 0 <= g["kiba_top5_overlap_mean"] <= k_top
+    assert g["kiba_top5_overlap_chance"] == pytest.approx(k_top * k_top / (K - 1))
+    assert 2 <= g["kiba_n_groups"] <= K
+    assert -1 <= g["kiba_ari_a_vs_Z"] <= 1
+    # the reading states the numbers it rests on
+    assert f"On {K} KIBA tasks" in g["kiba_reading"]
+    assert "replicate" in g["kiba_reading"]
+
+
+def test_kiba_costs(g):
+    for m in ("random_design", "tag"):
+        assert g[f"kiba_cost_{m}_wall_seconds"] > 0, m
+        assert g[f"kiba_cost_{m}_networks"] >= 1, m
+    assert g["kiba_cost_random_design_networks"] == g["kiba_rd_networks"]
