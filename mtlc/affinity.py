@@ -81,7 +81,11 @@ class ProbeResult:
 
     All matrices are ``(n_tasks, n_tasks)`` float64 numpy arrays indexed ``[source, target]``,
     NaN where undefined: a source task with no labelled pair in the batch (its gradient is zero,
-    so there is no lookahead) or a target task with none (no loss to compare).
+    so there is no lookahead) or a target task with none (no loss to compare). A target whose
+    batch loss is numerically zero (below ``tiny / eps`` of the dtype, about 1e-31 in float32:
+    every labelled pair predicted with a logit beyond ~70) is undefined too: ``Z`` and the
+    first-order ``Z`` are ratios 0/0 there (in float32 they came out as +-1e26), and its
+    gradient's direction is lost to underflow (its cosine row and column are NaN).
 
     Attributes
     ----------
@@ -137,6 +141,14 @@ class _eval_mode:
         self.model.train(self.was)
 
 
+def zero_loss(dtype: torch.dtype) -> float:
+    """Batch losses below this are numerically zero for TAG's ratio: ``tiny / eps`` of the
+    dtype (float32 9.9e-32, float64 1.0e-292), where a sum of per-pair losses stops having full
+    relative precision (subnormal numbers)."""
+    fi = torch.finfo(dtype)
+    return float(fi.tiny / fi.eps)
+
+
 def _finish(
     Z: np.ndarray | None,
     inner: np.ndarray | None,
@@ -145,9 +157,12 @@ def _finish(
     *,
     lr: float,
     divide_by_lr: bool,
+    min_loss: float = 0.0,
 ) -> ProbeResult:
     valid = n > 0
     undefined = ~(valid[:, None] & valid[None, :])
+    # a target with a numerically zero loss: 1 - L'/L is 0/0 (see ProbeResult)
+    zero = valid & ~(loss >= min_loss) if min_loss > 0 else np.zeros_like(valid)
     cosine = first_order = None
     if inner is not None:
         inner = inner.copy()
@@ -159,9 +174,13 @@ def _finish(
         # A task whose gradient is exactly zero on this batch (all its logits saturated) has no
         # direction: its cosine is undefined.
         cosine[~np.isfinite(cosine)] = np.nan
+        cosine[zero, :] = np.nan
+        cosine[:, zero] = np.nan
+        first_order[:, zero] = np.nan
     if Z is not None:
         Z = Z.copy()
         Z[undefined] = np.nan
+        Z[:, zero] = np.nan
         if divide_by_lr:
             Z = Z / lr
     return ProbeResult(Z, inner, cosine, first_order, loss, n, float(lr), bool(divide_by_lr))
@@ -213,8 +232,15 @@ def lookahead_reference(
         G = torch.stack([grads[i] for i in valid])  # type: ignore[misc]
         inner[np.ix_(valid, valid)] = (G @ G.T).cpu().numpy()
     loss = np.where(n > 0, base.cpu().numpy(), np.nan)
-    del dtype
-    return _finish(Z, inner, loss.astype(np.float64), n, lr=lr, divide_by_lr=divide_by_lr)
+    return _finish(
+        Z,
+        inner,
+        loss.astype(np.float64),
+        n,
+        lr=lr,
+        divide_by_lr=divide_by_lr,
+        min_loss=zero_loss(dtype),
+    )
 
 
 def _dense_rows(batch: SparseBatch, n_features: int, dtype: torch.dtype) -> torch.Tensor:
@@ -987,7 +1013,7 @@ def lookahead_fast(
                     max_candidates=max_candidates,
                 )
         loss = np.where(n > 0, loss_t.double().cpu().numpy(), np.nan)
-    return _finish(Z, inner, loss, n, lr=lr, divide_by_lr=divide_by_lr)
+    return _finish(Z, inner, loss, n, lr=lr, divide_by_lr=divide_by_lr, min_loss=zero_loss(dtype))
 
 
 def gradient_affinity(
@@ -1017,7 +1043,9 @@ class TagResult:
     cost: wall seconds of training steps vs probe steps, their counts, and forward/backward
         passes in single-batch network equivalents (``probe_forward`` counts one per source task
         per probe step, because the batched perturbed forward does that much arithmetic).
-    info: bookkeeping (training compounds without any label, tasks with no training label).
+    info: bookkeeping (training compounds without any label, tasks with no training label,
+        ``zero_loss_target_steps``: (probe step, target) pairs left out of Z, the first-order Z
+        and the cosine because the target's batch loss was numerically zero, see ProbeResult).
     history_loss: ``(n_epochs,)`` mean training loss per epoch.
     model: the trained network (when ``keep_model``).
     cosine_history: ``(n_epochs, K, K)`` per-epoch means of the gradient cosine (None if not
@@ -1214,6 +1242,7 @@ def tag_train(
         0.0,
     )
     step = 0
+    zero_steps = 0  # (probe step, target) pairs left out: the target's batch loss underflowed
     for epoch in range(epochs):
         order = rng.permutation(len(idx))
         losses = []
@@ -1242,6 +1271,7 @@ def tag_train(
                     )
                 cost["probe_seconds"] += time.perf_counter() - t0
                 n_src = int((pr.n_pairs > 0).sum())
+                zero_steps += int(((pr.n_pairs > 0) & ~(pr.loss >= zero_loss(dtype))).sum())
                 cost["probe_steps"] += 1
                 cost["probe_forward"] += 1 + (n_src if exact else 0)
                 cost["probe_backward"] += 1 if method == "fast" else n_src
@@ -1266,6 +1296,7 @@ def tag_train(
         ep_loss[epoch] = float(np.mean(losses)) if losses else np.nan
     has_z = exact or method == "reference"
     has_g = gradients or method == "reference"
+    info["zero_loss_target_steps"] = zero_steps
     counts = (z_mean if has_z else c_mean).c
     settings = {
         "lookahead_lr": la_lr,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mtlc.affinity import (
     load_tag,
@@ -192,6 +193,34 @@ def test_a_failed_job_is_recorded_reported_and_retried(tmp_path, monkeypatch, ca
     assert set(load_tag(store)["fold"]) == {0, 2}
 
 
+def test_a_killed_run_keeps_finished_jobs_and_resumes(tmp_path, capsys):
+    """SIGKILL in the middle of a run: every stored part is whole, the rerun does the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "k"
+    args = [*BASE, "--fold-subset", "0,1,2", "--seeds", "3", "--epochs", "12", "--every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mtlc", *args, "--store", str(store)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while proc.poll() is None and len(list(store.glob("part-*"))) < 2 and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = tag_jobs(store)
+    assert 2 <= len(before) < 9, "the run finished before it could be killed"
+    assert (before["status"] == "ok").all()
+    assert len(load_tag(store)["job_id"].unique()) == len(before)
+    assert main([*args, "--store", str(store)]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(before)} already in the store (skipped), {9 - len(before)} done" in err
+    assert len(tag_jobs(store)) == 9
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -253,3 +282,41 @@ def test_round_mantissa_bounds_the_relative_error(dtype):
         assert not (r.view(np.uint32)[ok] & np.uint32((1 << (23 - bits)) - 1)).any()
     with pytest.raises(ConfigError):
         round_mantissa(x, 0)
+
+
+# ------------------------------------------------------------------ a target with zero loss
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_target_whose_loss_underflows_has_undefined_affinity(dtype):
+    """Z = 1 - L'/L is 0/0 when the target's batch loss underflows: NaN, not +-1e26."""
+    import scipy.sparse as sp
+
+    from mtlc.affinity import lookahead_fast, lookahead_reference, zero_loss
+    from mtlc.models import MultiTaskNet, SparseBatch
+
+    B, F, K = 24, 40, 4
+    X = sp.random(B, F, density=0.2, random_state=0, format="csr")
+    X.data[:] = 1
+    torch.manual_seed(0)
+    net = MultiTaskNet(F, K, hidden=(8,), dropout=0.0).to(dtype)
+    rng = np.random.default_rng(0)
+    y = (rng.random((B, K)) < 0.5).astype(np.float64)
+    y[:, 0] = 1.0
+    m = np.ones((B, K))
+    with torch.no_grad():  # task 0: every logit about +120, every label 1: loss ~1e-52
+        net.head.weight[0] = 0.0
+        net.head.bias[0] = 120.0
+    batch = SparseBatch.from_csr(X, np.arange(B))
+    fast = lookahead_fast(net, batch, y, m, lr=1e-2)
+    ref = lookahead_reference(net, batch, y, m, lr=1e-2)
+    off = ~np.eye(K, dtype=bool)
+    underflows = fast.loss[0] < zero_loss(dtype)
+    assert underflows == (dtype == torch.float32)  # 1e-52 is a normal float64
+    for r in (fast, ref):
+        assert np.isnan(r.Z[:, 0]).all() == underflows
+        assert np.isfinite(r.Z[1:, 1:][off[1:, 1:]]).all()
+        assert (np.abs(r.Z[off & np.isfinite(r.Z)]) < 1).all()
+    if not underflows:
+        np.testing.assert_allclose(fast.Z[off], ref.Z[off], rtol=1e-6, atol=1e-12)
+    else:
+        assert np.isnan(fast.cosine[0]).all() and np.isnan(fast.cosine[:, 0]).all()
+        assert np.isnan(fast.first_order[:, 0]).all()

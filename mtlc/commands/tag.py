@@ -23,7 +23,7 @@ from mtlc.commands.train import _dataset_args, _int_list, _tasks
 from mtlc.errors import ConfigError, MtlcError
 
 #: Bumped when the stored format or the meaning of a stored number changes (part of the job id).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Z undefined (NaN) for a target whose batch loss underflowed
 
 
 def register(subparsers: Any) -> None:
