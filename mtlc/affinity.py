@@ -1549,8 +1549,9 @@ def tag_jobs(store: Any) -> pd.DataFrame:
     (``dataset, recipe, task_set, split, n_folds, split_seed, fold, seed``), ``config_hash``,
     ``epochs``, ``every``, ``mantissa_bits``, ``epoch_rows`` (per-epoch rows stored),
     ``n_tasks``, the cost (``train_seconds, probe_seconds``: wall seconds inside ``tag_train``;
-    ``cpu_seconds, wall_seconds`` of the whole job; pass counts as in ``TagResult.cost``) and
-    ``n_train_compounds``.
+    ``cpu_seconds, wall_seconds`` of the whole job; pass counts as in ``TagResult.cost``),
+    ``n_train_compounds`` and ``zero_loss_target_steps`` (probe-step targets left out because
+    their batch loss underflowed, see :class:`ProbeResult`).
     """
     rows = []
     for p, m in _tag_parts(store):
@@ -1563,7 +1564,9 @@ def tag_jobs(store: Any) -> pd.DataFrame:
         r["epoch_rows"] = m.get("epoch_rows")
         r["n_tasks"] = len(m.get("task_ids", []))
         r.update(m.get("cost", {}))
-        r["n_train_compounds"] = m.get("info", {}).get("n_train_compounds")
+        info = m.get("info", {})
+        r["n_train_compounds"] = info.get("n_train_compounds")
+        r["zero_loss_target_steps"] = info.get("zero_loss_target_steps")
         r["part"] = p.name
         rows.append(r)
     return pd.DataFrame(rows)

@@ -157,6 +157,7 @@ def test_rerun_skips_every_job_and_the_study_sees_the_jobs(run64, capsys):
     assert sorted(p.name for p in store.glob("part-*.parquet")) == parts
     # mtlc study counts stored jobs with ResultsStore.done_job_ids: it reads these parts too.
     assert ResultsStore(store).done_job_ids() == set(tag_jobs(store)["job_id"])
+    assert (tag_jobs(store)["zero_loss_target_steps"] == 0).all()
     # Another configuration is another set of jobs.
     assert main([*BASE, "--fold-subset", "0", "--seeds", "1", "--store", str(store)]) == 0
     assert "0 already in the store (skipped), 1 done" in capsys.readouterr().err
