@@ -227,6 +227,14 @@ def test_fit_command_resumes_and_skips_when_up_to_date(planted_store, tmp_path, 
     )
 
 
+def test_store_alias_and_default_output_for_mtlc_study(planted_store, capsys):
+    # mtlc study passes the stage's store as --store; the table goes next to it
+    args = ["pairwise", "fit", "--n-boot", "5", "--c-fixed", "1", "--store", str(planted_store)]
+    assert main(args) == 0
+    out = planted_store.with_name(planted_store.name + "_pairwise.parquet")
+    assert out.is_file() and len(read_pairwise(out)) == len(IDS) * (len(IDS) - 1)
+
+
 def test_float32_output_is_half_precision_of_the_same_numbers(planted_store, tmp_path):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     common = ["--runs", str(planted_store), "--n-boot", "10", "--c-fixed", "1"]

@@ -251,7 +251,9 @@ def _fit(args: argparse.Namespace) -> int:
     )
     meta = {**settings, "units": units, "runs_store": str(store_path)}
     meta["format"] = "compact" if args.compact else ("float32" if args.float32 else "float64")
-    out = Path(args.out)
+    out = (
+        Path(args.out) if args.out else store_path.with_name(store_path.name + "_pairwise.parquet")
+    )
     if out.is_file() and not args.force:
         old = _read_meta(out)
         if old is not None and all(old.get(k) == v for k, v in meta.items() if k != "runs_store"):
@@ -362,8 +364,18 @@ def register(subparsers: Any) -> None:
         help="fit every target's multi-partner curve across the stored networks (resumable)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    f.add_argument("--runs", required=True, help="results store of mtlc train --regime random")
-    f.add_argument("--out", required=True, help="Parquet file to write (tidy table)")
+    f.add_argument(
+        "--runs",
+        "--store",
+        dest="runs",
+        required=True,
+        help="results store of mtlc train --regime random (--store: the name mtlc study passes)",
+    )
+    f.add_argument(
+        "--out",
+        default=None,
+        help="Parquet file to write (tidy table); default: <runs store>_pairwise.parquet",
+    )
     f.add_argument(
         "--model",
         default="multi",
