@@ -73,25 +73,36 @@ def test_kiba_selection_table(g):
     full = g["profile"] == "full"
     assert g["kiba_sel_n_targets"] >= (20 if full else 3)
     assert g["kiba_sel_n_folds"] >= (3 if full else 1)
-    for s in ("none", "all", "top_tag", "top_cosine", f"random{k}"):
+    for s in ("none", "all", "top_tag", "top_cosine", "top_mtlc", f"random{k}"):
         for what in ("auc_small", "auc_full"):
             assert 0 < g[f"kiba_sel_{s}_{what}"] <= 1, (s, what)
         assert g[f"kiba_sel_{s}_total_seconds"] > 0
     assert g["kiba_sel_all_d_full"] == 0  # the reference of the differences
-    # the rankings' cost includes the TAG run that produced them
+    # the rankings' cost includes the runs that produced them
     assert g["kiba_sel_top_tag_total_seconds"] >= g["kiba_sel_tag_seconds"] > 0
-    assert 0 <= g["kiba_sel_tag_cosine_overlap"] <= 1
+    assert g["kiba_sel_top_mtlc_total_seconds"] >= g["kiba_sel_mtlc_seconds"] > 0
+    # the MTLC ranking: mtlc_runs networks per inner fold, per test fold
+    per_fold = g["kiba_sel_mtlc_runs"] * g["kiba_sel_mtlc_inner_folds"]
+    assert g["kiba_sel_mtlc_networks"] == per_fold * g["kiba_sel_n_folds"]
+    assert g["kiba_sel_mtlc_runs"] == (160 if full else 4)
+    assert g["kiba_sel_mtlc_candidates"] == 20
+    for key in ("tag_cosine", "tag_mtlc"):
+        assert 0 <= g[f"kiba_sel_{key}_overlap"] <= 1, key
+    for est in ("tag", "cosine", "mtlc"):  # the same estimator's top set across folds
+        stab = g[f"kiba_sel_{est}_fold_stability"]
+        assert (0 <= stab <= 1) if full else math.isnan(stab), est
     if full:  # fold-to-fold intervals of the differences to all tasks
-        for s in ("none", "top_tag", "top_cosine", f"random{k}"):
+        for s in ("none", "top_tag", "top_cosine", "top_mtlc", f"random{k}"):
             for at in ("small", "full"):
                 lo, hi = g[f"kiba_sel_{s}_d_{at}_lo"], g[f"kiba_sel_{s}_d_{at}_hi"]
                 assert lo <= g[f"kiba_sel_{s}_d_{at}"] <= hi, (s, at)
     assert 0 <= g["kiba_sel_related_in_tag_top"] <= 1
+    assert 0 <= g["kiba_sel_related_in_mtlc_top"] <= 1
 
 
 def test_selection_table(g):
     k = g["sel_k"]
-    for s in ("none", "all", "top_oracle", "top_tag", "top_cosine", f"random{k}"):
+    for s in ("none", "all", "top_oracle", "top_tag", "top_cosine", "top_mtlc", f"random{k}"):
         for what in ("auc_small", "auc_full"):
             assert 0 < g[f"sel_{s}_{what}"] <= 1, (s, what)
         assert g[f"sel_{s}_seconds"] >= 0
@@ -100,3 +111,9 @@ def test_selection_table(g):
     assert 0 <= g["sel_tag_hit_rate"] <= 1 and 0 <= g["sel_cosine_hit_rate"] <= 1
     # TAG's estimate costs time; its total includes it
     assert g["sel_top_tag_seconds"] >= g["sel_tag_seconds"]
+    assert g["sel_top_mtlc_seconds"] >= g["sel_mtlc_seconds"] > 0
+    assert g["sel_mtlc_networks"] == 80 * 3  # runs per inner fold x inner folds
+    # the MTLC ranking finds the planted partners above chance (k of K - 1 = 2 of 7); the same
+    # design over all three folds is tested in tests/test_selection.py (threshold 0.6)
+    assert g["sel_chance_hit_rate"] == pytest.approx(2 / 7)
+    assert g["sel_mtlc_hit_rate"] >= 0.5 > g["sel_chance_hit_rate"]
