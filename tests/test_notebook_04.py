@@ -145,3 +145,17 @@ def test_kiba_costs(g):
         assert g[f"kiba_cost_{m}_wall_seconds"] > 0, m
         assert g[f"kiba_cost_{m}_networks"] >= 1, m
     assert g["kiba_cost_random_design_networks"] == g["kiba_rd_networks"]
+
+
+def test_exact_top_partner_check_by_profile(g):
+    """Full: the stored exact pair runs of 8 targets (top a_ij, top TAG and random partners)."""
+    gains = [g[f"kiba_top_gain_{r}"] for r in ("a_ij", "tag", "random")]
+    if g["profile"] == "full":
+        assert g["kiba_top_n_targets"] == 8
+        assert all(is_number(v) and -0.5 < v < 0.5 for v in gains), gains
+        assert "Trained exactly on 8 targets" in g["kiba_reading"]
+        for r in ("a_ij", "tag", "random"):  # partner sizes behind each rule
+            assert 16 <= g[f"kiba_top_partner_size_{r}"] <= 50_000, r
+    else:
+        assert g["kiba_top_n_targets"] == 0
+        assert all(np.isnan(v) for v in gains)
