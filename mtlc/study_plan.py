@@ -104,7 +104,29 @@ def _pending(name: str, what: str, note: str) -> dict[str, Any]:
 _TAG = ["--seeds", "1", "--epochs", "20", "--epoch-rows", "none", "--mantissa-bits", "10"]
 _TAG_KIBA = ["--recipe", "kiba244", "--folds", "10", "--every", "2", *_TAG]
 _TAG_KINASE200 = ["--folds", "10", "--fold-subset", "0,1,2", "--every", "10", *_TAG]
-_TAG_MEASURED: dict[tuple[str, str], Any] = {}
+_TAG_WHEN = (
+    "2026-11-22, one torch thread, niced, on the 2-core machine shared with other jobs (load "
+    "6-9); cpu_s = user + sys of the whole command (results/README.md)"
+)
+
+
+def _tag_m(wall_s: float, cpu_s: float, rss_gb: float, jobs: int) -> dict[str, Any]:
+    return {
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "peak_rss_gb": rss_gb,
+        "models": jobs,  # TAG runs (one network each)
+        "failed": 0,
+        "how": _TAG_WHEN,
+    }
+
+
+_TAG_MEASURED: dict[tuple[str, str], Any] = {
+    ("kiba", "compound"): _tag_m(6 * 60 + 22, 137.3, 0.66, 10),
+    ("kiba", "scaffold"): _tag_m(6 * 60 + 18, 134.2, 0.67, 10),
+    ("kinase200", "compound"): _tag_m(11 * 60 + 57, 171.2, 0.97, 3),
+    ("kinase200", "scaffold"): _tag_m(11 * 60 + 48, 168.1, 1.01, 3),
+}
 
 
 def _tag_stages(dataset: str, args: list[str], measured: dict) -> list[dict]:

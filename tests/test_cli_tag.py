@@ -285,6 +285,57 @@ def test_round_mantissa_bounds_the_relative_error(dtype):
         round_mantissa(x, 0)
 
 
+# ------------------------------------------------------------------ the stored paper-scale runs
+def _tag_stages():
+    from mtlc.study_plan import plan
+
+    return [s for s in plan("full") if s["command"] and s["command"][0] == "tag"]
+
+
+@pytest.mark.parametrize("stage", _tag_stages(), ids=lambda s: s["name"])
+def test_stored_tag_results_match_their_study_stage(repo_root, stage):
+    """Each stored TAG store holds every job of its stage's command, all ok, same settings."""
+    from mtlc.cli import build_parser
+
+    store = repo_root / stage["store"]
+    if not store.is_dir():
+        pytest.skip(f"{stage['store']} not stored yet")
+    args = build_parser().parse_args([*stage["command"], "--store", str(store)])
+    jobs = tag_jobs(store)
+    want = (
+        range(args.folds)
+        if args.fold_subset is None
+        else [int(f) for f in args.fold_subset.split(",")]
+    )
+    assert sorted(zip(jobs["fold"], jobs["seed"], strict=True)) == [
+        (f, s) for f in want for s in range(args.seeds)
+    ]
+    assert (jobs["status"] == "ok").all() and jobs["config_hash"].nunique() == 1
+    assert (jobs["n_folds"] == args.folds).all() and (jobs["split"] == args.split).all()
+    assert (jobs["epochs"] == args.epochs).all() and (jobs["every"] == args.every).all()
+    assert (jobs["mantissa_bits"] == args.mantissa_bits).all()
+    assert (jobs["zero_loss_target_steps"] >= 0).all()  # counted, not silently dropped
+    assert not jobs["epoch_rows"].any() if args.epoch_rows == "none" else True
+    df = load_tag(store, costs=False)
+    ids = sorted(set(df["source"]))
+    K = len(ids)
+    assert K == jobs["n_tasks"].iloc[0] >= 190
+    assert len(df) == len(jobs) * K * (K - 1) and (df["epoch"] == -1).all()
+    M = tag_matrix(df, ids)
+    assert np.isnan(np.diag(M)).all() and np.isfinite(M[~np.eye(K, dtype=bool)]).mean() > 0.95
+    # An all-task network mostly helps: positive affinity prevails (TAG's own finding on
+    # related tasks), and the gradient cosine is a cosine.
+    assert np.nanmean(M) > 0
+    C = tag_matrix(df, ids, value="cosine")
+    assert np.nanmax(np.abs(C)) <= 1 + 1e-6
+
+
+def test_stored_tag_results_fit_the_storage_budget(repo_root):
+    stores = [repo_root / s["store"] for s in _tag_stages()]
+    total = sum(f.stat().st_size for d in stores if d.is_dir() for f in d.glob("part-*"))
+    assert total < 4 * 1024**2
+
+
 # ------------------------------------------------------------------ a target with zero loss
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_target_whose_loss_underflows_has_undefined_affinity(dtype):
