@@ -147,6 +147,18 @@ def _tag_stages(dataset: str, args: list[str], measured: dict) -> list[dict]:
     return out
 
 
+# The exact top-partner pairs (results/random_design/kiba_scaffold_top_partners.csv).
+_TOP_PAIRS = (
+    "P00533:Q9UBE8,P00533:P49674,P00533:Q15303,P00533:P54760,P00533:Q8TDC3,P04626:P23"
+    "458,P04626:P49759,P04626:Q15303,P04626:P00533,P04626:Q05397,P06239:P49759,P06239"
+    ":P80192,P06239:P07948,P06239:P51451,P06239:P51617,P06241:P42684,P06241:P49759,P0"
+    "6241:P17948,P06241:P00519,P06241:P21802,P17252:Q9UBE8,P17252:P23458,P17252:P0577"
+    "1,P17252:Q02156,P17252:P24941,P17948:P49674,P17948:P41240,P17948:P06241,P17948:P"
+    "00519,P17948:O15264,P28482:P49674,P28482:Q02779,P28482:P53778,P28482:Q96SB4,P284"
+    "82:O75116,P35968:Q9UBE8,P35968:Q15418,P35968:P35916,P35968:P07949,P35968:O14757"
+)
+
+
 FULL: list[dict[str, Any]] = [
     *_curve_stages("kiba", "results/learning_curves", _KIBA_MEASURED),
     *_curve_stages("kinase200", "results/learning_curves_kinase200", {}),
@@ -184,17 +196,70 @@ FULL: list[dict[str, Any]] = [
         "measured": None,
         "note": "",
     },
-    _pending(
-        "kiba-random-design",
-        "pairwise estimates from the random design (EXP3.2 fits), kiba",
-        "no CLI yet: chapter 04 computes it (mtlc.approx.random_design_runs / random_design_fit)",
-    ),
-    _pending(
-        "kiba-top-partners",
-        "each target with its top partners, trained exactly (pair regime), kiba",
-        "no CLI yet: needs the partner ranking of chapter 04 (mtlc train --regime pair exists, "
-        "but the pairs come from the random-design estimates)",
-    ),
+    {
+        "name": "kiba-random-design",
+        "what": "random-design all-task networks (every task at a random grid size), kiba "
+        "scaffold, test folds 0-2, 100 networks each",
+        "command": [
+            "train",
+            *["--dataset", "kiba", "--split", "scaffold", "--folds", "10"],
+            *["--fold-subset", "0,1,2", "--regime", "random", "--n-runs", "100"],
+            *["--sizes", "auto", "--seeds", "1", "--min-steps", "100", "--min-val-compounds", "8"],
+        ],
+        "store": "results/random_design/kiba_scaffold",
+        "measured": {
+            "wall_s": 762,
+            "peak_rss_gb": 2.4,
+            "models": 300,
+            "failed": 0,
+            "how": "2026-11-22, one process, OMP_NUM_THREADS=1, nice 5, load 5-8; 223 CPU s",
+        },
+        "note": "",
+    },
+    {
+        "name": "kiba-random-design-fit",
+        "what": "a_ij of every directed kiba pair from the random design (one partner at a time, "
+        "c = 1, 200 bootstrap replicates) into <store>_pairwise.parquet",
+        # --store is the runs store; the table goes to results/random_design/
+        # kiba_scaffold_pairwise.parquet
+        "command": [
+            "pairwise",
+            "fit",
+            *["--model", "marginal", "--c-fixed", "1", "--ridge", "0", "--n-boot", "200"],
+            "--compact",
+        ],
+        "store": "results/random_design/kiba_scaffold",
+        "measured": {
+            "wall_s": 52,
+            "peak_rss_gb": 1.3,
+            "models": 0,
+            "failed": 0,
+            "how": "2026-11-22, 14 CPU s",
+        },
+        "note": "",
+    },
+    {
+        "name": "kiba-top-partners",
+        "what": "8 kiba targets x (top-2 partners by a_ij, top-2 by TAG, 1 random), exact pair "
+        "curves, scaffold test fold 0",
+        # The pairs are results/random_design/kiba_scaffold_top_partners.csv, made by
+        # results/random_design/top_partner_pairs.py (its rule is in that script).
+        "command": [
+            "train",
+            *["--dataset", "kiba", "--split", "scaffold", "--folds", "10", "--fold-subset", "0"],
+            *["--regime", "pair", "--pairs", _TOP_PAIRS, "--partner-sizes", "full"],
+            *["--sizes", "auto", "--seeds", "1", "--min-steps", "100", "--min-val-compounds", "8"],
+        ],
+        "store": "results/random_design/kiba_scaffold_top_partners",
+        "measured": {
+            "wall_s": 198,
+            "peak_rss_gb": 1.5,
+            "models": 550,
+            "failed": 0,
+            "how": "2026-11-22, 74 CPU s",
+        },
+        "note": "",
+    },
     *_tag_stages("kiba", _TAG_KIBA, _TAG_MEASURED),
     *_tag_stages("kinase200", _TAG_KINASE200, _TAG_MEASURED),
 ]
