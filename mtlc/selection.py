@@ -43,6 +43,7 @@ __all__ = [
     "fold_estimators",
     "fold_mtlc",
     "label_overlap",
+    "prune_estimator_cache",
     "run_selection_folds",
 ]
 
@@ -282,6 +283,7 @@ def fold_estimators(
     seed: int = 0,
     cache: str | os.PathLike | None = None,
     threads: int | None = 1,
+    need: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """TAG affinity and gradient cosine of one all-task TAG run on a fold's training compounds.
 
@@ -290,7 +292,10 @@ def fold_estimators(
     ``{"tag": (K, K), "cosine": (K, K), "seconds": wall seconds of the run}``, matrices
     ``[source, target]`` aligned with ``ds``'s tasks. With ``cache`` (a directory) the result
     is stored as ``tag-<key>.npz`` (key: data set, fold assignment, fold, config, epochs, seed)
-    and read back on the next call, with the seconds the run cost when it was made.
+    and read back on the next call, with the seconds the run cost when it was made. A cached
+    file pruned by :func:`prune_estimator_cache` holds only some target columns (NaN
+    elsewhere); it counts as a hit only when it has every column in ``need`` (target task
+    indices), otherwise the run is made again and stored whole.
     """
     import hashlib
     import json
@@ -316,7 +321,9 @@ def fold_estimators(
     f = None if cache is None else Path(cache) / f"tag-{h.hexdigest()[:20]}.npz"
     if f is not None and f.is_file():
         z = np.load(f)
-        return {"tag": z["tag"], "cosine": z["cosine"], "seconds": float(z["seconds"])}
+        kept = set(z["columns"].tolist()) if "columns" in z.files else None
+        if kept is None or set(int(t) for t in (need or [])) <= kept:
+            return {"tag": z["tag"], "cosine": z["cosine"], "seconds": float(z["seconds"])}
     t0 = time.perf_counter()
     with _threads(threads):
         res = tag_train(
@@ -334,6 +341,29 @@ def fold_estimators(
         np.savez(tmp, **out)
         os.replace(tmp, f)
     return out
+
+
+def prune_estimator_cache(path: str | os.PathLike, columns: Sequence[int]) -> int:
+    """Shrink a cached :func:`fold_estimators` file to the target ``columns`` it is read for.
+
+    The ``(K, K)`` matrices ``[source, target]`` keep those columns bit for bit (float64) and
+    are NaN elsewhere; the file is rewritten compressed, with the kept ``columns``, so that
+    :func:`fold_estimators` treats it as a miss for any other target. Returns the new size in
+    bytes. A ranking of a kept target reads only its own column, so it is unchanged.
+    """
+    p = Path(path)
+    z = np.load(p)
+    cols = np.array(sorted({int(c) for c in columns}), dtype=np.int64)
+    out: dict[str, Any] = {"seconds": z["seconds"], "columns": cols}
+    for name in ("tag", "cosine"):
+        M = np.full_like(z[name], np.nan)
+        M[:, cols] = z[name][:, cols]
+        out[name] = M
+    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **out)
+    os.replace(tmp, p)
+    return p.stat().st_size
 
 
 def _key(payload: Mapping[str, Any], folds: np.ndarray) -> str:
@@ -587,6 +617,10 @@ def run_selection_folds(
                 seed=seed,
                 cache=est_dir,
                 threads=threads,
+                need=[
+                    ds.task_index(t) if not isinstance(t, (int, np.integer)) else int(t)
+                    for t in targets
+                ],
             )
             for name in ("tag", "cosine"):
                 if name in estimators:

@@ -98,6 +98,25 @@ def test_fold_estimators_cached_and_fold_local(ds, tmp_path):
     assert not np.allclose(np.nan_to_num(e1["tag"]), np.nan_to_num(e0["tag"]))
 
 
+def test_pruned_estimator_cache_ranks_the_same(ds, tmp_path):
+    """A TAG cache pruned to the targets' columns gives the same partners for them and is a
+    miss (a new run, stored whole) for any other target."""
+    folds = kfold(ds, n_folds=3, seed=0)
+    cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=64, device="cpu")
+    e0 = sel.fold_estimators(ds, folds, 0, config=cfg, epochs=2, cache=tmp_path)
+    (f,) = tmp_path.glob("tag-*.npz")
+    sel.prune_estimator_cache(f, [0, 2])
+    kept = sel.fold_estimators(ds, folds, 0, config=cfg, epochs=2, cache=tmp_path, need=[0, 2])
+    assert kept["seconds"] == e0["seconds"]  # read, not rerun
+    for t in (0, 2):
+        np.testing.assert_array_equal(kept["tag"][:, t], e0["tag"][:, t])
+        assert sel.top_partners(kept["tag"], t, 3) == sel.top_partners(e0["tag"], t, 3)
+    assert np.isnan(kept["tag"][:, 1]).all()
+    rerun = sel.fold_estimators(ds, folds, 0, config=cfg, epochs=2, cache=tmp_path, need=[1])
+    assert np.isfinite(rerun["tag"][:, 1]).any()  # column 1 was pruned: made again
+    assert "columns" not in np.load(f).files  # and stored whole
+
+
 def test_run_selection_folds_and_cli(ds, tmp_path, capsys):
     import argparse
 
