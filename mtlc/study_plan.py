@@ -164,13 +164,12 @@ FULL: list[dict[str, Any]] = [
     *_curve_stages("kinase200", "results/learning_curves_kinase200", {}),
     {
         "name": "foundation-kiba-scaffold",
-        "what": "foundation-model context effects, kiba, 20 largest targets, scaffold folds 0-2",
-        # TODO(lead): the arguments of the stored run as read from its running processes on
-        # 2026-11-22 (it ran one process per fold); keep equal to results/README.md.
+        "what": "foundation-model context effects, kiba, 20 largest targets, scaffold folds 0-4",
+        # The arguments of the stored run (results/README.md); it ran one process per fold.
         "command": [
             "foundation",
             *["--dataset", "kiba", "--split", "scaffold", "--folds", "10"],
-            *["--fold-subset", "0,1,2", "--targets", "20", "--contexts", "auto"],
+            *["--fold-subset", "0,1,2,3,4", "--targets", "20", "--contexts", "auto"],
             *["--hidden", "128", "--epochs", "15", "--patience", "4", "--batch-size", "256"],
             *["--pretrain-epochs", "60", "--min-steps", "100", "--size-ratio", "2"],
             *["--cache", "{root}/results/foundation_trunks"],
@@ -181,16 +180,17 @@ FULL: list[dict[str, Any]] = [
     },
     {
         "name": "kiba-selection",
-        "what": "task selection: top-5 partners by TAG / gradient cosine vs random vs all, kiba",
-        # TODO(lead): as for the foundation stage.
+        "what": "task selection: top-5 partners by TAG / gradient cosine / pairwise MTLC "
+        "coefficients vs random vs all, kiba, scaffold folds 0-4",
         "command": [
             "foundation",
             "--selection",
             *["--dataset", "kiba", "--split", "scaffold", "--folds", "10"],
-            *["--fold-subset", "0,1,2", "--targets", "20", "--k", "5", "--n-random", "2"],
+            *["--fold-subset", "0,1,2,3,4", "--targets", "20", "--k", "5", "--n-random", "2"],
             *["--tag-epochs", "10", "--hidden", "128", "--epochs", "15", "--patience", "4"],
             *["--batch-size", "256", "--min-steps", "100", "--min-val-compounds", "8"],
-            *["--size-ratio", "2"],
+            *["--size-ratio", "2", "--estimators", "tag,cosine,mtlc", "--mtlc-runs", "160"],
+            *["--mtlc-inner-folds", "5", "--mtlc-candidates", "20"],
         ],
         "store": "results/foundation/selection_kiba_scaffold",
         "measured": None,
