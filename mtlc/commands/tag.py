@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlc.commands.train import _dataset_args, _int_list, _tasks
+from mtlc.commands.train import _dataset_args, _int_list, _tasks, add_dataset_options
 from mtlc.errors import ConfigError, MtlcError
 
 #: Bumped when the stored format or the meaning of a stored number changes (part of the job id).
@@ -39,17 +39,7 @@ def register(subparsers: Any) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", default="kiba", help="kiba, kinase200, davis, synthetic")
-    p.add_argument(
-        "--recipe", default=None, help="dataset recipe (e.g. kiba244); default: loader's"
-    )
-    p.add_argument(
-        "--dataset-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra loader option (repeatable), e.g. n_compounds=800 for synthetic",
-    )
+    add_dataset_options(p)
     p.add_argument(
         "--tasks",
         default=None,

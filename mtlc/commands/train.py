@@ -63,6 +63,22 @@ def _dataset_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--recipe`` and ``--dataset-arg``: the options every data-reading command
+    shares (read back with :func:`_dataset_args`)."""
+    p.add_argument("--dataset", default="kiba", help="kiba, kinase200, davis, synthetic")
+    p.add_argument(
+        "--recipe", default=None, help="dataset recipe (e.g. kiba244); default: loader's"
+    )
+    p.add_argument(
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra loader option (repeatable), e.g. n_compounds=800 for synthetic",
+    )
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
@@ -75,17 +91,7 @@ def register(subparsers: Any) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", default="kiba", help="kiba, kinase200, davis, synthetic")
-    p.add_argument(
-        "--recipe", default=None, help="dataset recipe (e.g. kiba244); default: loader's"
-    )
-    p.add_argument(
-        "--dataset-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra loader option (repeatable), e.g. n_compounds=800 for synthetic",
-    )
+    add_dataset_options(p)
     p.add_argument("--split", default="compound", choices=["compound", "scaffold"])
     p.add_argument("--folds", type=int, default=10, help="number of cross-validation folds")
     p.add_argument(
