@@ -536,6 +536,44 @@ def random_design_runs(
     return CurveRun(table, cost, sizes=pd.DataFrame(S, columns=ids), info={"n_runs": n_runs})
 
 
+def _coef_row(
+    target: str,
+    source: str,
+    full: float,
+    boot: np.ndarray,
+    *,
+    a: float,
+    flag: str,
+    n_points: int,
+    alpha: float,
+) -> dict[str, Any]:
+    """One row of a random-design coefficient table: the full-data estimate ``full``, its
+    percentile interval and one-sided normal-approximation p-value (a > 0) from the bootstrap
+    replicates ``boot`` (non-finite ones ignored), and rho = estimate / own rate ``a``."""
+    bs = boot[np.isfinite(boot)]
+    if len(bs):
+        lo, hi = np.quantile(bs, [alpha / 2, 1 - alpha / 2])
+        p_boot = float(np.mean(bs <= 0))
+        se = float(np.std(bs, ddof=1)) if len(bs) > 1 else np.nan
+        p = float(sps.norm.sf(full / se)) if se > 0 and np.isfinite(full) else np.nan
+    else:
+        lo = hi = p = se = p_boot = np.nan
+    return {
+        "target": target,
+        "source": source,
+        "estimate": full,
+        "ci_lo": float(lo),
+        "ci_hi": float(hi),
+        "se": se,
+        "p_pos": p,
+        "p_boot": p_boot,
+        "rho": full / a if a > 0 else np.nan,
+        "a": a,
+        "flag": flag,
+        "n_points": n_points,
+    }
+
+
 def random_design_fit(
     run: CurveRun,
     *,
@@ -622,32 +660,17 @@ def random_design_fit(
         sources = partners if model == "multi" else ["S"]
         alpha = 1 - level
         for src, cn in zip(sources, coef_names, strict=True):
-            full = float(fit.loc[0, cn])
-            bs = fit.loc[1:, cn].to_numpy(dtype=np.float64)
-            bs = bs[np.isfinite(bs)]
-            if len(bs):
-                lo, hi = np.quantile(bs, [alpha / 2, 1 - alpha / 2])
-                p_boot = float(np.mean(bs <= 0))
-                se = float(np.std(bs, ddof=1)) if len(bs) > 1 else np.nan
-                p = float(sps.norm.sf(full / se)) if se > 0 and np.isfinite(full) else np.nan
-            else:
-                lo = hi = p = se = p_boot = np.nan
-            a = float(fit.loc[0, "a"])
             out.append(
-                {
-                    "target": target,
-                    "source": src,
-                    "estimate": full,
-                    "ci_lo": float(lo),
-                    "ci_hi": float(hi),
-                    "se": se,
-                    "p_pos": p,
-                    "p_boot": p_boot,
-                    "rho": full / a if a > 0 else np.nan,
-                    "a": a,
-                    "flag": str(fit.loc[0, "flag"]),
-                    "n_points": int(sel.sum()),
-                }
+                _coef_row(
+                    target,
+                    src,
+                    float(fit.loc[0, cn]),
+                    fit.loc[1:, cn].to_numpy(dtype=np.float64),
+                    a=float(fit.loc[0, "a"]),
+                    flag=str(fit.loc[0, "flag"]),
+                    n_points=int(sel.sum()),
+                    alpha=alpha,
+                )
             )
     res = pd.DataFrame(out)
     if len(res):
@@ -848,32 +871,17 @@ def random_design_fit_fixed_c(
             own = np.repeat(theta[:, 1:2], coef.shape[1], axis=1)
         sources = partners if model != "exp3.2" else ["S"]
         for k_s, src in enumerate(sources):
-            a = float(own[0, k_s])
-            full = float(coef[0, k_s])
-            bs = coef[1:, k_s]
-            bs = bs[np.isfinite(bs)]
-            if len(bs):
-                lo, hi = np.quantile(bs, [alpha / 2, 1 - alpha / 2])
-                p_boot = float(np.mean(bs <= 0))
-                se = float(np.std(bs, ddof=1)) if len(bs) > 1 else np.nan
-                pv = float(sps.norm.sf(full / se)) if se > 0 and np.isfinite(full) else np.nan
-            else:
-                lo = hi = pv = se = p_boot = np.nan
             out.append(
-                {
-                    "target": target,
-                    "source": src,
-                    "estimate": full,
-                    "ci_lo": float(lo),
-                    "ci_hi": float(hi),
-                    "se": se,
-                    "p_pos": pv,
-                    "p_boot": p_boot,
-                    "rho": full / a if a > 0 else np.nan,
-                    "a": a,
-                    "flag": flag,
-                    "n_points": int(sel.sum()),
-                }
+                _coef_row(
+                    target,
+                    src,
+                    float(coef[0, k_s]),
+                    coef[1:, k_s],
+                    a=float(own[0, k_s]),
+                    flag=flag,
+                    n_points=int(sel.sum()),
+                    alpha=alpha,
+                )
             )
     res = pd.DataFrame(out)
     if len(res):
