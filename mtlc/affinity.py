@@ -1457,9 +1457,7 @@ def write_tag_part(store: Any, table: Any, meta: dict[str, Any]) -> Any:
     import uuid
     from pathlib import Path
 
-    import pyarrow.parquet as pq
-
-    from mtlc.store import _fsync_dir
+    from mtlc.store import _fsync_dir, write_parquet_atomic
 
     path = Path(store)
     path.mkdir(parents=True, exist_ok=True)
@@ -1467,23 +1465,15 @@ def write_tag_part(store: Any, table: Any, meta: dict[str, Any]) -> Any:
     md[_TAG_META_KEY] = json.dumps(meta, sort_keys=True).encode()
     table = table.replace_schema_metadata(md)
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp, final = path / f".tmp-part-{os.getpid()}-{name}", path / name
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(
-                table,
-                fh,
-                compression="zstd",
-                compression_level=19,
-                use_byte_stream_split=["z", "cosine"],
-                use_dictionary=["job_id", "status", "source", "target"],
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    final = path / name
+    write_parquet_atomic(
+        table,
+        final,
+        tmp=path / f".tmp-part-{os.getpid()}-{name}",
+        compression_level=19,
+        use_byte_stream_split=["z", "cosine"],
+        use_dictionary=["job_id", "status", "source", "target"],
+    )
     _fsync_dir(path)
     return final
 

@@ -137,6 +137,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_parquet_atomic(
+    table: Any, final: Path, *, tmp: Path | None = None, **write_options: Any
+) -> Path:
+    """Write a pyarrow ``table`` to ``final`` so that readers see the whole file or nothing.
+
+    The table goes to ``tmp`` (default ``.tmp-<pid>-<name>`` beside ``final``), is flushed and
+    fsynced, then renamed over ``final``; a writer killed before the rename leaves only the
+    temporary, which readers never glob. ``write_options`` go to ``pyarrow.parquet.write_table``
+    (default ``compression="zstd"``). The caller fsyncs the directory when it needs the rename
+    itself to be durable.
+    """
+    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}") if tmp is None else tmp
+    write_options.setdefault("compression", "zstd")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, **write_options)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
+
+
 class ResultsStore:
     """A directory of atomically written Parquet part files (see the module docstring).
 
@@ -202,17 +227,8 @@ class ResultsStore:
         table = conform(df)
         self.path.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.path / f"{_TMP_PREFIX}{os.getpid()}-{name}"
         final = self.path / name
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_parquet_atomic(table, final, tmp=self.path / f"{_TMP_PREFIX}{os.getpid()}-{name}")
         _fsync_dir(self.path)
         return final
 

@@ -163,9 +163,9 @@ def _atomic_write(
     df: pd.DataFrame, path: Path, meta: dict[str, Any], *, float32: bool, compact: bool = False
 ) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from mtlc.affinity import round_mantissa
+    from mtlc.store import write_parquet_atomic
 
     df = df.copy()
     if compact:
@@ -182,17 +182,8 @@ def _atomic_write(
         {**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()}
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:
-            # byte-stream-split puts the zeroed low mantissa bytes together: they compress away
-            pq.write_table(table, fh, compression="zstd", use_byte_stream_split=floats)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # byte-stream-split puts the zeroed low mantissa bytes together: they compress away
+    write_parquet_atomic(table, path, use_byte_stream_split=floats)
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
