@@ -84,6 +84,28 @@ _KIBA_MEASURED = {
 }
 
 
+_KINASE200_WHEN = (
+    "2026-11-22, mtlc study --only 'kinase200-scaffold-*' into an empty store, one process and "
+    "one torch thread on the shared machine (86 % of a core); results/README.md"
+)
+_KINASE200_MEASURED = {
+    ("scaffold", "stl"): {
+        "wall_s": 1818,
+        "peak_rss_gb": 2.19,
+        "models": 22883,
+        "failed": 204,
+        "how": _KINASE200_WHEN,
+    },
+    ("scaffold", "mtl"): {
+        "wall_s": 1299,
+        "peak_rss_gb": 2.49,
+        "models": 187,
+        "failed": 0,
+        "how": _KINASE200_WHEN,
+    },
+}
+
+
 def _pending(name: str, what: str, note: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -161,7 +183,7 @@ _TOP_PAIRS = (
 
 FULL: list[dict[str, Any]] = [
     *_curve_stages("kiba", "results/learning_curves", _KIBA_MEASURED),
-    *_curve_stages("kinase200", "results/learning_curves_kinase200", {}),
+    *_curve_stages("kinase200", "results/learning_curves_kinase200", _KINASE200_MEASURED),
     {
         "name": "foundation-kiba-scaffold",
         "what": "foundation-model context effects, kiba, 20 largest targets, scaffold folds 0-4",
