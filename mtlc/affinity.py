@@ -1024,6 +1024,19 @@ def gradient_affinity(
 
 
 # --------------------------------------------------------------------------- training loop
+#: Keys of ``TagResult.cost``: seconds, optimizer steps and passes of training and of the probes.
+TAG_COST_KEYS = (
+    "train_seconds",
+    "probe_seconds",
+    "train_steps",
+    "probe_steps",
+    "train_forward",
+    "train_backward",
+    "probe_forward",
+    "probe_backward",
+)
+
+
 @dataclass
 class TagResult:
     """Affinities averaged over a TAG training run.
@@ -1228,19 +1241,7 @@ def tag_train(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     z_mean, c_mean, f_mean = _Mean(K, epochs), _Mean(K, epochs), _Mean(K, epochs)
     ep_loss = np.zeros(epochs)
-    cost = dict.fromkeys(
-        (
-            "train_seconds",
-            "probe_seconds",
-            "train_steps",
-            "probe_steps",
-            "train_forward",
-            "train_backward",
-            "probe_forward",
-            "probe_backward",
-        ),
-        0.0,
-    )
+    cost = dict.fromkeys(TAG_COST_KEYS, 0.0)
     step = 0
     zero_steps = 0  # (probe step, target) pairs left out: the target's batch loss underflowed
     for epoch in range(epochs):
@@ -1344,14 +1345,7 @@ TAG_JOB_COLUMNS = (
     "fold",
     "seed",
     "config_hash",
-    "train_seconds",
-    "probe_seconds",
-    "train_steps",
-    "probe_steps",
-    "train_forward",
-    "train_backward",
-    "probe_forward",
-    "probe_backward",
+    *TAG_COST_KEYS,
     "cpu_seconds",
 )
 _TAG_META_KEY = b"mtlc_tag"

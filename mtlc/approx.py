@@ -574,6 +574,16 @@ def _coef_row(
     }
 
 
+def _coef_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :func:`_coef_row` as a table, with BH q-values of ``p_pos`` over all of them."""
+    from mtlc.stats import bh
+
+    res = pd.DataFrame(rows)
+    if len(res):
+        res["q_pos"] = bh(res["p_pos"].to_numpy())
+    return res
+
+
 def random_design_fit(
     run: CurveRun,
     *,
@@ -608,7 +618,6 @@ def random_design_fit(
     (coefficient / own rate a), ``a`` and ``flag`` of the full-data fit, ``n_points``.
     """
     from mtlc.curves import fit_curves
-    from mtlc.stats import bh
 
     if model not in ("multi", "exp3.2"):
         raise ConfigError(f"random_design_fit: model must be 'multi' or 'exp3.2', got {model!r}")
@@ -672,10 +681,7 @@ def random_design_fit(
                     alpha=alpha,
                 )
             )
-    res = pd.DataFrame(out)
-    if len(res):
-        res["q_pos"] = bh(res["p_pos"].to_numpy())
-    return res
+    return _coef_table(out)
 
 
 def random_design_from_store(
@@ -808,7 +814,6 @@ def random_design_fit_fixed_c(
     other partners' random sizes, without solving for all partners at once (which needs many
     more networks than partners). ``a`` (and ``rho``) come from the same three-parameter fit.
     """
-    from mtlc.stats import bh
 
     if model not in ("multi", "exp3.2", "marginal"):
         raise ConfigError(
@@ -883,10 +888,7 @@ def random_design_fit_fixed_c(
                     alpha=alpha,
                 )
             )
-    res = pd.DataFrame(out)
-    if len(res):
-        res["q_pos"] = bh(res["p_pos"].to_numpy())
-    return res
+    return _coef_table(out)
 
 
 def _marginal_fits(
