@@ -297,28 +297,19 @@ def fold_estimators(
     elsewhere); it counts as a hit only when it has every column in ``need`` (target task
     indices), otherwise the run is made again and stored whole.
     """
-    import hashlib
-    import json
-
     from mtlc.affinity import tag_train
     from mtlc.foundation import _threads
 
     fa = np.asarray(folds)
-    h = hashlib.sha256(
-        json.dumps(
-            {
-                "dataset": ds.name,
-                "shape": [ds.n_compounds, ds.n_tasks],
-                "fold": int(fold),
-                "config": str(config.hash()),
-                "epochs": int(epochs),
-                "seed": int(seed),
-            },
-            sort_keys=True,
-        ).encode()
-    )
-    h.update(np.ascontiguousarray(fa, dtype=np.int64).tobytes())
-    f = None if cache is None else Path(cache) / f"tag-{h.hexdigest()[:20]}.npz"
+    payload = {
+        "dataset": ds.name,
+        "shape": [ds.n_compounds, ds.n_tasks],
+        "fold": int(fold),
+        "config": str(config.hash()),
+        "epochs": int(epochs),
+        "seed": int(seed),
+    }
+    f = None if cache is None else Path(cache) / f"tag-{_key(payload, fa)}.npz"
     if f is not None and f.is_file():
         z = np.load(f)
         kept = set(z["columns"].tolist()) if "columns" in z.files else None
