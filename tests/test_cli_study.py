@@ -117,7 +117,7 @@ def test_smoke_study_runs_every_stage(smoke):
         assert r["status"] == "ok", r
         assert r["wall_s"] > 0 and r["failed"] == 0
         assert r["peak_rss_gb"] is None or 0.05 < r["peak_rss_gb"] < 8
-        if r["jobs"] is not None:  # train stages: every job of the design is stored
+        if r["jobs"] is not None:  # train and tag stages: every job of the design is stored
             assert r["skipped"] + r["trained"] == r["jobs"] > 0
         else:  # foundation: no design count, but jobs were stored
             assert r["trained"] > 0
@@ -148,13 +148,17 @@ def test_list_reports_stored_over_total(smoke, capsys):
         if r.get("jobs"):
             line = next(x for x in out.splitlines() if x.strip().startswith(name))
             assert f"{r['jobs']}/{r['jobs']} jobs stored" in line and "done" in line
-    # Stages without a command are listed as not run; stages whose design is not known
-    # before running (mtlc tag) show what is stored.
+    # Stages without a command are listed as not run; mtlc tag stages know their total before
+    # running (one job per test fold and seed); foundation stages show what is stored.
     for s in plan("smoke"):
         if not s["command"]:
             assert any(x.strip().startswith(s["name"]) and "NOT RUN" in x for x in out.splitlines())
+    tag = smoke["second"]["kiba-tag"]
+    assert tag["jobs"] == tag["skipped"] + tag["trained"] > 0
+    line = next(x for x in out.splitlines() if x.strip().startswith("kiba-tag "))
+    assert f"{tag['jobs']}/{tag['jobs']} jobs stored (0 failed), done" in line
     assert any(
-        x.strip().startswith("kiba-tag ") and "jobs stored (total not known" in x
+        x.strip().startswith("foundation-kiba-scaffold") and "jobs stored (total not known" in x
         for x in out.splitlines()
     )
 

@@ -166,14 +166,34 @@ class _Designs:
     def job_ids(self, stage: dict) -> set[str] | None:
         from mtlc.reproduce import study_design, train_namespace
 
-        if not stage["command"] or stage["command"][0] != "train":
+        cmd = stage["command"]
+        if not cmd or cmd[0] not in ("train", "tag"):
             return None
-        ns = train_namespace(stage["command"][1:])
+        if cmd[0] == "tag":
+            from mtlc.commands import tag
+
+            ns = _namespace(cmd)
+            key = (ns.dataset, ns.recipe, tuple(ns.dataset_arg))
+            pl = tag.plan(ns, dataset=self._data.get(key))
+            if self.keep_data:
+                self._data[key] = pl.loaded
+            return {job[3] for job in pl.jobs}
+        ns = train_namespace(cmd[1:])
         key = (ns.dataset, ns.recipe, tuple(ns.dataset_arg))
         inputs = study_design(ns, dataset=self._data.get(key))
         if self.keep_data:
             self._data[key] = inputs.loaded
         return {s.key["job_id"] for s in inputs.design}
+
+
+def _namespace(cmd: Sequence[str]) -> Any:
+    """A stage's command parsed by the real ``mtlc`` parser (a dummy ``--store`` added)."""
+    from mtlc.cli import build_parser
+
+    try:
+        return build_parser().parse_args([*cmd, "--store", os.devnull])
+    except SystemExit:  # argparse already printed why
+        raise ConfigError(f"bad mtlc arguments in a study stage: {' '.join(cmd)}") from None
 
 
 def _peak_rss_reset() -> bool:

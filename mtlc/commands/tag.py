@@ -15,6 +15,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -127,13 +128,34 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--mantissa-bits must be in 1..23, got {args.mantissa_bits}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from mtlc.affinity import failed_tag_table, tag_part_table, tag_train, write_tag_part
-    from mtlc.store import ResultsStore
+@dataclass
+class TagPlan:
+    """What ``mtlc tag`` runs, built without training: the data set and one entry per job.
+
+    ``loaded`` is the data set as loaded (before task selection: pass it back as ``dataset=``
+    to plan another stage without reloading), ``ds`` the one the jobs use; ``jobs`` holds
+    ``(test fold, seed, key, job id)`` in run order.
+    """
+
+    loaded: Any
+    ds: Any
+    folds: np.ndarray
+    split: str
+    cfg: Any
+    settings: dict[str, Any]
+    config_hash: str
+    detail: set[int] | bool
+    jobs: list[tuple[int, int, dict[str, Any], str]]
+
+
+def plan(args: argparse.Namespace, *, dataset: Any = None) -> TagPlan:
+    """The jobs of an ``mtlc tag`` command line (parsed), without training.
+
+    ``dataset``: an already loaded data set (what ``--dataset`` loads, before task selection).
+    """
     from mtlc.study import assign_folds, load_dataset, select_tasks
 
     _check(args)
-    store = ResultsStore(args.store)  # refuses a path that is a file; gives the writer lock
     fold_subset = (
         list(range(args.folds))
         if args.fold_subset is None
@@ -147,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_kwargs = _dataset_args(args.dataset_arg)
     if args.recipe is not None:
         dataset_kwargs["recipe"] = args.recipe
-    ds = load_dataset(args.dataset, **dataset_kwargs)
+    loaded = ds = dataset if dataset is not None else load_dataset(args.dataset, **dataset_kwargs)
     if ds.X is None:
         raise MtlcError(f"data set {ds.name!r} has no features; load it with features=True")
     idx, task_set = select_tasks(ds, _tasks(args.tasks))
@@ -182,6 +204,18 @@ def run(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
             key = {**data_key, "fold": int(fold), "seed": int(seed)}
             jobs.append((fold, seed, key, _hash({**key, "config": config_hash}, 16)))
+    return TagPlan(loaded, ds, folds, split, cfg, settings, config_hash, detail, jobs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtlc.affinity import failed_tag_table, tag_part_table, tag_train, write_tag_part
+    from mtlc.store import ResultsStore
+
+    _check(args)
+    store = ResultsStore(args.store)  # refuses a path that is a file; gives the writer lock
+    pl = plan(args)
+    ds, folds, split, cfg, jobs = pl.ds, pl.folds, pl.split, pl.cfg, pl.jobs
+    settings, config_hash, detail = pl.settings, pl.config_hash, pl.detail
     task_ids = [str(t) for t in ds.tasks["task_id"].to_numpy()]
     t_all = time.perf_counter()
     done = skipped = 0
