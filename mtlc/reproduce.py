@@ -38,6 +38,8 @@ __all__ = [
     "sample_jobs",
     "verify_store",
     "VerifyReport",
+    "verify_tag_store",
+    "TagVerifyReport",
     "INT_FIELDS",
     "EXACT_ATOL",
 ]
@@ -440,3 +442,119 @@ def _compare(stored: pd.DataFrame, new: pd.DataFrame | None) -> pd.DataFrame:
     out = m[[*on, "split", "fold", "regime", "n_level"]].copy()
     out["stored"], out["retrained"], out["diff"], out["int_mismatch"] = a, b, diff, bad
     return out
+
+
+# ---------------------------------------------------------------------------- TAG stores
+#: TAG values count as reproduced when within this relative difference: two steps of the
+#: coarsest mantissa a TAG store keeps (10 bits: 2^-11 each), so only a value that rounds to a
+#: neighbouring stored float passes as equal; any real change moves nearly every value more.
+TAG_RTOL = 2.0**-10
+
+
+@dataclass
+class TagVerifyReport:
+    """What :func:`verify_tag_store` compared: one row per (job, source, target) of the
+    whole-run values (``epoch = -1``) with stored and recomputed ``z``, ``cosine``, ``n_steps``
+    and their differences (``z_diff``, ``cosine_diff``: relative to the stored value's size,
+    0 when both are NaN, inf when only one is)."""
+
+    table: pd.DataFrame
+    jobs: list[str]
+    unmatched: list[str]
+    seconds: float
+
+    def problems(self, *, rtol: float = TAG_RTOL) -> list[str]:
+        """Why the sample does not count as reproduced (empty: it does): every sampled job is
+        in the stage's plan, every pair's probe-step count is equal and every ``z`` and
+        ``cosine`` is within ``rtol``."""
+        t = self.table
+        out = []
+        if self.unmatched:
+            out.append(f"{len(self.unmatched)} sampled jobs not in the stage's plan")
+        if len(t) == 0:
+            return [*out, "nothing compared"]
+        if (t["n_steps_stored"] != t["n_steps_new"]).any():
+            out.append(
+                f"{int((t['n_steps_stored'] != t['n_steps_new']).sum())} pair step counts differ"
+            )
+        for c in ("z", "cosine"):
+            if not (t[f"{c}_diff"] <= rtol).all():
+                out.append(f"{c}: max relative diff {t[f'{c}_diff'].max():.3g} > {rtol:.3g}")
+        return out
+
+    def __str__(self) -> str:
+        t = self.table
+        line = f"verified {len(self.jobs)} stored TAG jobs ({len(t)} pairs) in {self.seconds:.1f} s"
+        if len(t):
+            eq = int(((t["z_diff"] == 0) & (t["cosine_diff"] == 0)).sum())
+            line += (
+                f": max relative |stored - recomputed| z {t['z_diff'].max():.3g}, cosine "
+                f"{t['cosine_diff'].max():.3g}; {eq} of {len(t)} pairs equal"
+            )
+        if self.unmatched:
+            line += f"\nNOT REBUILT: {len(self.unmatched)} sampled jobs (e.g. {self.unmatched[0]})"
+        return line
+
+
+def verify_tag_store(
+    store: str | os.PathLike, stage_args: Sequence[str], *, n: int = 1, seed: int = 0
+) -> TagVerifyReport:
+    """Rerun a seeded random sample of ``n`` stored jobs of a TAG store and compare.
+
+    ``stage_args``: the ``mtlc tag`` arguments (without ``--store``) that wrote the store; its
+    jobs are planned with :func:`mtlc.commands.tag.plan` (the same job ids) and each sampled job
+    is rerun with :func:`mtlc.affinity.tag_train` exactly as ``mtlc tag`` runs it, then stored
+    through the same :func:`mtlc.affinity.tag_part_table` rounding. A TAG job is a whole
+    training run (kiba: about 40 s, kinase200: about 4 min on one core).
+    """
+    import pyarrow.parquet as pq
+
+    from mtlc.affinity import _tag_parts, tag_part_table, tag_train
+    from mtlc.cli import build_parser
+    from mtlc.commands import tag
+
+    t0 = time.perf_counter()
+    try:
+        ns = build_parser().parse_args(["tag", *stage_args, "--store", os.devnull])
+    except SystemExit:  # argparse already printed why
+        raise ConfigError(f"bad mtlc tag arguments: {' '.join(stage_args)}") from None
+    newest = {}
+    for p, m in _tag_parts(store):  # newest last: the newest part of a job wins
+        newest[m.get("job_id")] = (p, m)
+    ok = sorted(j for j, (_, m) in newest.items() if m.get("status") == "ok")
+    if not ok:
+        raise MtlcError(f"TAG store {store} holds no successful job: nothing to verify")
+    rng = np.random.default_rng(seed)
+    sample = [ok[i] for i in sorted(rng.choice(len(ok), size=min(n, len(ok)), replace=False))]
+    pl = tag.plan(ns)
+    by_id = {job[3]: job for job in pl.jobs}
+    unmatched = [j for j in sample if j not in by_id]
+    frames = []
+    cols = ["source", "target", "z", "cosine", "n_steps"]
+    for j in sample:
+        if j not in by_id:
+            continue
+        fold, s = by_id[j][0], by_id[j][1]
+        res = tag_train(
+            pl.ds, np.flatnonzero(pl.folds != fold), config=pl.cfg, epochs=ns.epochs,
+            every=ns.every, seed=s,
+        )  # fmt: skip
+        new = tag_part_table(res, job_id=j, epoch_rows=False, mantissa_bits=ns.mantissa_bits)
+        old = pq.read_table(newest[j][0]).to_pandas()
+        old = old[old["epoch"] == -1]
+        m = old[cols].merge(
+            new.to_pandas()[cols],
+            on=["source", "target"],
+            how="outer",
+            suffixes=("_stored", "_new"),
+        )
+        for c in ("z", "cosine"):
+            a = m[f"{c}_stored"].to_numpy(float)
+            b = m[f"{c}_new"].to_numpy(float)
+            both = np.isnan(a) & np.isnan(b)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d = np.abs(a - b) / np.maximum(np.abs(a), np.finfo(np.float32).tiny)
+            m[f"{c}_diff"] = np.where(both, 0.0, np.where(np.isnan(d), np.inf, d))
+        frames.append(m.assign(job_id=j, fold=fold, seed=s))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return TagVerifyReport(table, sample, unmatched, time.perf_counter() - t0)

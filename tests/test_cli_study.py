@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from mtlc.cli import main
@@ -193,8 +194,12 @@ def test_verify_passes_on_the_smoke_store_and_catches_a_changed_one(smoke, tmp_p
     out = capsys.readouterr().out
     assert "REPRODUCED" in out and "max |stored - retrained| = 0" in out
     # Stages --verify cannot check are named, not passed over in silence.
-    assert "foundation-kiba-scaffold: not verified (--verify covers mtlc train" in out
-    assert "kiba-tag: not verified (--verify covers mtlc train stages only)" in out
+    assert "foundation-kiba-scaffold: not verified (--verify covers mtlc train and mtlc tag" in out
+    # TAG stores: whole TAG runs rerun, every pair's Z, cosine and step count compared.
+    tag_store = next(s["store"] for s in plan("smoke") if s["name"] == "kiba-tag")
+    lines = [x for x in out.splitlines() if x.startswith(f"{tag_store}:")]
+    assert "verified 1 stored TAG jobs" in lines[0] and " 0 of " not in lines[0], lines
+    assert lines[1] == f"{tag_store}: REPRODUCED"
     # A store whose numbers differ from what the code gives: every job's values shifted.
     bad = tmp_path / "bad"
     shutil.copytree(smoke["root"] / "learning_curves_synthetic", bad / "learning_curves_synthetic")
@@ -204,6 +209,29 @@ def test_verify_passes_on_the_smoke_store_and_catches_a_changed_one(smoke, tmp_p
     assert main([*args, "--out", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "NOT REPRODUCED" in out and "reproduced exactly" in out
+
+
+def test_verify_catches_a_changed_tag_store(smoke, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtlc.affinity import _tag_parts, write_tag_part
+    from mtlc.reproduce import verify_tag_store
+
+    s = next(s for s in plan("smoke") if s["name"] == "kiba-tag")
+    bad = tmp_path / "tag"
+    shutil.copytree(smoke["root"] / s["store"], bad)
+    path, meta = _tag_parts(bad)[-1]
+    t = pq.read_table(path)
+    z = pa.compute.multiply(t["z"], pa.scalar(1.01, pa.float32()))  # every Z off by 1 %
+    write_tag_part(bad, t.set_column(t.schema.get_field_index("z"), "z", z), meta)
+    rep = verify_tag_store(bad, s["command"][1:], n=1)
+    assert rep.jobs == [meta["job_id"]] and not rep.unmatched
+    assert (rep.table["n_steps_stored"] == rep.table["n_steps_new"]).all()
+    assert rep.table["cosine_diff"].max() == 0  # untouched: bitwise equal
+    finite = np.isfinite(rep.table["z_stored"]) & (rep.table["z_stored"] != 0)
+    assert np.allclose(rep.table.loc[finite, "z_diff"], 0.01 / 1.01, rtol=1e-4)  # of the stored
+    assert any(p.startswith("z: max relative diff") for p in rep.problems())
 
 
 # ------------------------------------------------------------------ failures and interrupts

@@ -7,7 +7,8 @@
 - ``--list`` prints the plan with each stage's status (stored jobs / jobs in its design, built
   without training); ``--dry-run`` prints the commands; ``--only`` picks stages.
 - ``--verify N`` retrains N random stored jobs of each store of the plan and compares them with
-  the stored numbers (:func:`mtlc.reproduce.verify_store`).
+  the stored numbers (:func:`mtlc.reproduce.verify_store`; TAG stores:
+  :func:`mtlc.reproduce.verify_tag_store`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="N",
         help="retrain N random stored jobs per store (one of them all-task when the store has "
-        "any) and compare with the stored metrics",
+        "any) and compare with the stored metrics; TAG stores: rerun N whole TAG jobs",
     )
     p.add_argument("--verify-seed", type=int, default=0, help="seed of the --verify sample")
     p.add_argument(
@@ -351,19 +352,26 @@ def _run_all(
 def _verify(stages: list[dict], root: Path, args: argparse.Namespace) -> int:
     import torch
 
-    from mtlc.reproduce import verify_store
+    from mtlc.reproduce import verify_store, verify_tag_store
 
     if args.verify < 1:
         raise ConfigError(f"--verify takes a number of jobs >= 1, got {args.verify}")
     by_store: dict[str, list[list[str]]] = {}
+    tag_stages: list[dict] = []
     for s in stages:
         if s["command"] and s["command"][0] == "train":
             by_store.setdefault(s["store"], []).append(s["command"][1:])
+        elif s["command"] and s["command"][0] == "tag":
+            tag_stages.append(s)
         else:
-            why = "no command yet" if not s["command"] else "--verify covers mtlc train stages only"
+            why = (
+                "no command yet"
+                if not s["command"]
+                else "--verify covers mtlc train and mtlc tag stages only"
+            )
             print(f"{s['name']}: not verified ({why})")
-    if not by_store:
-        raise ConfigError("--verify: none of the selected stages is an mtlc train stage")
+    if not by_store and not tag_stages:
+        raise ConfigError("--verify: none of the selected stages is an mtlc train or tag stage")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     ok = True
@@ -389,6 +397,20 @@ def _verify(stages: list[dict], root: Path, args: argparse.Namespace) -> int:
             print(f"{rel}: {rep}")
             print(
                 f"{rel}: "
+                + ("REPRODUCED" if not problems else "NOT REPRODUCED: " + "; ".join(problems))
+            )
+            ok = ok and not problems
+        for s in tag_stages:
+            path = root / s["store"]
+            if not path.is_dir() or not any(path.glob("part-*.parquet")):
+                print(f"{s['store']}: no stored results, nothing to verify")
+                continue
+            # a TAG job is a whole training run: --verify N reruns N of them per store
+            rep = verify_tag_store(path, s["command"][1:], n=args.verify, seed=args.verify_seed)
+            problems = rep.problems()
+            print(f"{s['store']}: {rep}")
+            print(
+                f"{s['store']}: "
                 + ("REPRODUCED" if not problems else "NOT REPRODUCED: " + "; ".join(problems))
             )
             ok = ok and not problems
