@@ -159,3 +159,17 @@ def test_exact_top_partner_check_by_profile(g):
     else:
         assert g["kiba_top_n_targets"] == 0
         assert all(np.isnan(v) for v in gains)
+
+
+def test_tag_replication_on_kinase200_vs_kiba(g):
+    """Both profiles read the stored TAG runs of kiba and kinase200 (both splits each)."""
+    for d in ("kiba", "kinase200"):
+        assert g[f"{d}_tag_n_stores"] == 2, d
+        for k in ("stability_Z", "stability_cosine", "Z_vs_cosine"):
+            v = g[f"{d}_tag_{k}"]
+            assert is_number(v) and -1 <= v <= 1, (d, k, v)
+        assert 0 < g[f"{d}_tag_pair_share"] <= 1
+    # what a probe step sees of a target: kinase200 spreads its labels over ~22x more compounds
+    assert 0 < g["kinase200_tag_labelled_per_batch"] < g["kiba_tag_labelled_per_batch"] / 5
+    r = g["tag_kinase200_reading"]
+    assert f"{g['kinase200_tag_stability_Z']:.2f} (KIBA {g['kiba_tag_stability_Z']:.2f})" in r
