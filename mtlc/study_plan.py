@@ -36,7 +36,11 @@ __all__ = ["PROFILES", "plan", "stage_names"]
 # The exact-curve runs of the kiba study (results/README.md): full size grid, one seed.
 _CURVES = ["--folds", "10", "--sizes", "auto", "--seeds", "1"]
 _CURVES += ["--min-steps", "100", "--min-val-compounds", "8"]
-_KIBA_WHEN = "2026-11-22, both splits side by side, one torch thread each (results/README.md)"
+_KIBA_WHEN = (
+    "2026-11-22/23, make study STUDY_ARGS=\"--only 'kiba-<split>-*' --out DIR\" into an empty "
+    "store, both splits side by side, one process and one torch thread each; it reproduced "
+    "the stored store (results/README.md)"
+)
 
 
 def _curve_stages(dataset: str, store: str, measured: dict[tuple[str, str], Any]) -> list[dict]:
@@ -77,32 +81,29 @@ def _m(wall_s: float, rss_gb: float, models: int, failed: int) -> dict[str, Any]
 
 
 _KIBA_MEASURED = {
-    ("compound", "stl"): _m(33 * 60 + 18, 2.7, 21285, 91),
-    ("compound", "mtl"): _m(2 * 60 + 50, 4.7, 140, 0),
-    ("scaffold", "stl"): _m(32 * 60 + 36, 2.7, 21273, 86),
-    ("scaffold", "mtl"): _m(2 * 60 + 51, 4.7, 140, 0),
+    ("compound", "stl"): _m(22 * 60 + 44, 1.78, 21285, 91),
+    ("compound", "mtl"): _m(1 * 60 + 47, 2.03, 140, 0),
+    ("scaffold", "stl"): _m(25 * 60 + 12, 1.82, 21273, 86),
+    ("scaffold", "mtl"): _m(1 * 60 + 47, 1.80, 140, 0),
 }
 
 
 _KINASE200_WHEN = (
-    "2026-11-22, mtlc study --only 'kinase200-scaffold-*' into an empty store, one process and "
-    "one torch thread on the shared machine (86 % of a core); results/README.md"
+    "2026-11-22/23, make study STUDY_ARGS=\"--only 'kinase200-<split>-*' --out DIR\" into an empty "
+    "store, one process and one torch thread on the shared machine (86-90 % of a core); it "
+    "reproduced the stored store (results/README.md)"
 )
+
+
+def _k200(wall_s: float, rss_gb: float, models: int, failed: int) -> dict[str, Any]:
+    return {**_m(wall_s, rss_gb, models, failed), "how": _KINASE200_WHEN}
+
+
 _KINASE200_MEASURED = {
-    ("scaffold", "stl"): {
-        "wall_s": 1818,
-        "peak_rss_gb": 2.19,
-        "models": 22883,
-        "failed": 204,
-        "how": _KINASE200_WHEN,
-    },
-    ("scaffold", "mtl"): {
-        "wall_s": 1299,
-        "peak_rss_gb": 2.49,
-        "models": 187,
-        "failed": 0,
-        "how": _KINASE200_WHEN,
-    },
+    ("compound", "stl"): _k200(27 * 60 + 25, 2.09, 22891, 194),
+    ("compound", "mtl"): _k200(23 * 60 + 38, 2.51, 190, 0),
+    ("scaffold", "stl"): _k200(30 * 60 + 18, 2.19, 22883, 204),
+    ("scaffold", "mtl"): _k200(21 * 60 + 39, 2.49, 187, 0),
 }
 
 
@@ -127,8 +128,9 @@ _TAG = ["--seeds", "1", "--epochs", "20", "--epoch-rows", "none", "--mantissa-bi
 _TAG_KIBA = ["--recipe", "kiba244", "--folds", "10", "--every", "2", *_TAG]
 _TAG_KINASE200 = ["--folds", "10", "--fold-subset", "0,1,2", "--every", "10", *_TAG]
 _TAG_WHEN = (
-    "2026-11-22, one torch thread, niced, on the 2-core machine shared with other jobs (load "
-    "6-9); cpu_s = user + sys of the whole command (results/README.md)"
+    "2026-11-23, make study STUDY_ARGS=\"--only '<dataset>-tag-*' --out DIR\" into empty stores, "
+    "kiba and kinase200 side by side, one torch thread each, on the quiet 2-core machine; "
+    "bitwise equal to the stored stores; cpu_s = user + sys of the command (both splits)"
 )
 
 
@@ -144,10 +146,10 @@ def _tag_m(wall_s: float, cpu_s: float, rss_gb: float, jobs: int) -> dict[str, A
 
 
 _TAG_MEASURED: dict[tuple[str, str], Any] = {
-    ("kiba", "compound"): _tag_m(6 * 60 + 22, 137.3, 0.66, 10),
-    ("kiba", "scaffold"): _tag_m(6 * 60 + 18, 134.2, 0.67, 10),
-    ("kinase200", "compound"): _tag_m(11 * 60 + 57, 171.2, 0.97, 3),
-    ("kinase200", "scaffold"): _tag_m(11 * 60 + 48, 168.1, 1.01, 3),
+    ("kiba", "compound"): _tag_m(2 * 60 + 12, 253.2, 0.69, 10),
+    ("kiba", "scaffold"): _tag_m(2 * 60 + 4, 253.2, 0.72, 10),
+    ("kinase200", "compound"): _tag_m(2 * 60 + 42, 298.8, 1.09, 3),
+    ("kinase200", "scaffold"): _tag_m(2 * 60 + 17, 298.8, 1.13, 3),
 }
 
 
