@@ -199,6 +199,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument(
+        "--min-steps", type=int, default=0, help="TrainConfig.min_steps (the study uses 100)"
+    )
+    ap.add_argument(
+        "--min-val-compounds",
+        type=int,
+        default=0,
+        help="TrainConfig.min_val_compounds (the study uses 8)",
+    )
+    ap.add_argument(
         "--loop-tasks",
         type=int,
         default=None,
@@ -208,14 +217,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args(argv)
     if a.threads:
-        import torch
-
         torch.set_num_threads(a.threads)
     if a.quick:
         a.tasks, a.epochs = min(a.tasks, 40), min(a.epochs, 8)
     ds = load(a.synthetic)
     cfg = TrainConfig(
-        hidden=tuple(a.hidden), dropout=a.dropout, max_epochs=a.epochs, dtype=a.dtype, device="cpu"
+        hidden=tuple(a.hidden),
+        dropout=a.dropout,
+        max_epochs=a.epochs,
+        dtype=a.dtype,
+        device="cpu",
+        min_steps=a.min_steps,
+        min_val_compounds=a.min_val_compounds,
     )
     specs = stl_cell(ds, a.size, a.fold, a.tasks)
     pms = prepare_specs(ds, specs, cfg)
@@ -223,7 +236,8 @@ def main(argv=None) -> int:
     print(f"data: {ds}")
     print(
         f"cell: fold {a.fold}, size {a.size}, {len(pms)} STL models, {n_pairs} training pairs, "
-        f"hidden {cfg.hidden}, dropout {cfg.dropout}, {cfg.max_epochs} epochs max, {cfg.dtype}"
+        f"hidden {cfg.hidden}, dropout {cfg.dropout}, {cfg.max_epochs} epochs max, "
+        f"min_steps {cfg.min_steps}, min_val_compounds {cfg.min_val_compounds}, {cfg.dtype}"
     )
     train_reference(ds.X, pms[0], cfg)  # warm-up: first-call imports are nobody's cost
     train_plain(ds.X, pms[0], cfg)
