@@ -88,6 +88,12 @@ _KIBA_MEASURED = {
 }
 
 
+_KIBA_REST_WHEN = (
+    "2026-11-23, make study STUDY_ARGS=\"--only '<stages>' --out DIR\" into empty stores, the "
+    "selection in one process and the other kiba stages in another, side by side, one torch "
+    "thread each, on the quiet 2-core machine (results/README.md: what reproduced)"
+)
+
 _KINASE200_WHEN = (
     "2026-11-22/23, make study STUDY_ARGS=\"--only 'kinase200-<split>-*' --out DIR\" into an empty "
     "store, one process and one torch thread on the shared machine (86-90 % of a core); it "
@@ -199,7 +205,13 @@ FULL: list[dict[str, Any]] = [
             *["--cache", "{root}/results/foundation_trunks"],
         ],
         "store": "results/foundation/kiba_scaffold",
-        "measured": None,
+        "measured": {
+            "wall_s": 32 * 60 + 20,
+            "peak_rss_gb": 1.65,
+            "models": 9600,
+            "failed": 0,
+            "how": _KIBA_REST_WHEN,
+        },
         "note": "",
     },
     {
@@ -217,7 +229,13 @@ FULL: list[dict[str, Any]] = [
             *["--mtlc-inner-folds", "5", "--mtlc-candidates", "20"],
         ],
         "store": "results/foundation/selection_kiba_scaffold",
-        "measured": None,
+        "measured": {
+            "wall_s": 50 * 60 + 33,
+            "peak_rss_gb": 4.92,
+            "models": 5600,
+            "failed": 0,
+            "how": _KIBA_REST_WHEN,
+        },
         "note": "",
     },
     {
@@ -232,11 +250,11 @@ FULL: list[dict[str, Any]] = [
         ],
         "store": "results/random_design/kiba_scaffold",
         "measured": {
-            "wall_s": 762,
-            "peak_rss_gb": 2.4,
+            "wall_s": 3 * 60 + 52,
+            "peak_rss_gb": 2.59,
             "models": 300,
             "failed": 0,
-            "how": "2026-11-22, one process, OMP_NUM_THREADS=1, nice 5, load 5-8; 223 CPU s",
+            "how": _KIBA_REST_WHEN,
         },
         "note": "",
     },
@@ -254,11 +272,11 @@ FULL: list[dict[str, Any]] = [
         ],
         "store": "results/random_design/kiba_scaffold",
         "measured": {
-            "wall_s": 52,
-            "peak_rss_gb": 1.3,
+            "wall_s": 9.5,
+            "peak_rss_gb": 2.66,
             "models": 0,
             "failed": 0,
-            "how": "2026-11-22, 14 CPU s",
+            "how": _KIBA_REST_WHEN,
         },
         "note": "",
     },
@@ -276,11 +294,11 @@ FULL: list[dict[str, Any]] = [
         ],
         "store": "results/random_design/kiba_scaffold_top_partners",
         "measured": {
-            "wall_s": 198,
-            "peak_rss_gb": 1.5,
+            "wall_s": 60 + 10,
+            "peak_rss_gb": 2.01,
             "models": 550,
             "failed": 0,
-            "how": "2026-11-22, 74 CPU s",
+            "how": _KIBA_REST_WHEN,
         },
         "note": "",
     },
