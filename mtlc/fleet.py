@@ -27,7 +27,9 @@ Fleets are planned (:func:`plan_fleets`) under a memory budget (``TrainConfig.me
 fleet's width, int8 label codes, bit lists, frozen sums, the per-epoch gradient-matrix entries,
 one step's activations); :meth:`_Trainer.buffer_bytes` reports the real bytes for tests. A model
 much narrower than the fleet's widest starts a new fleet, so small models do not pay for the
-widest first layer. Grouping never changes a model's numbers.
+widest first layer. Grouping changes a model's numbers only at float rounding (padded batch
+shapes sum in another order: float32 test scores within a few 1e-6, measured on kiba), which
+can still swap two nearly tied test scores and so move an AUC on a small test fold.
 
 Adam is the fused ``torch._fused_adam_`` kernel over per-model views (one step count per model, so
 the bias correction is each model's own), falling back to an equivalent plain implementation

@@ -107,7 +107,8 @@ class TrainConfig:
         Memory budget of one fleet of models trained together, in MiB: every buffer the fleet
         allocates (parameters and Adam state, label codes, bit lists, step activations; see
         :func:`mtlc.fleet.fleet_memory`), not the data set itself. Fleets are cut to fit; it
-        changes how models are grouped, never their numbers (not part of :meth:`hash`). The
+        changes how models are grouped, and their numbers only at float rounding (see
+        :mod:`mtlc.fleet`; not part of :meth:`hash`). The
         study runner also keeps each chunk's prepared labels and test scores within half of
         it. The default, 768, keeps a kiba or kinase200 ``mtlc train`` process (0.7-0.9 GB of
         data set and runtime) under 3 GB in every regime (``benchmarks/README.md``).
