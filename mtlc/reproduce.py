@@ -61,21 +61,27 @@ _TARGETED = ("stl", "pair", "context")
 _ALL_TASK = ("mtl", "random")
 
 
-def train_namespace(args: Sequence[str]) -> argparse.Namespace:
-    """``mtlc train`` arguments (without ``--store``) parsed by the real ``mtlc train`` parser.
+def command_namespace(cmd: Sequence[str]) -> argparse.Namespace:
+    """An ``mtlc`` command line (sub-command first, ``--store`` optional) parsed by the real
+    ``mtlc`` parser.
 
-    A dummy store is added when ``--store`` is absent (it is required by the parser, and not
-    needed to build a design).
+    A dummy store is added when ``--store`` is absent (it is required by the parsers of the
+    stores' commands, and not needed to plan their jobs).
     """
     from mtlc.cli import build_parser
 
-    argv = ["train", *args]
-    if "--store" not in args:
+    argv = list(cmd)
+    if "--store" not in argv:
         argv += ["--store", os.devnull]
     try:
         return build_parser().parse_args(argv)
     except SystemExit:  # argparse already printed why
-        raise ConfigError(f"bad mtlc train arguments in a study stage: {' '.join(args)}") from None
+        raise ConfigError(f"bad mtlc arguments in a study stage: {' '.join(cmd)}") from None
+
+
+def train_namespace(args: Sequence[str]) -> argparse.Namespace:
+    """``mtlc train`` arguments (without ``--store``) parsed by the real ``mtlc train`` parser."""
+    return command_namespace(["train", *args])
 
 
 @dataclass
@@ -510,14 +516,10 @@ def verify_tag_store(
     import pyarrow.parquet as pq
 
     from mtlc.affinity import _tag_parts, tag_part_table, tag_train
-    from mtlc.cli import build_parser
     from mtlc.commands import tag
 
     t0 = time.perf_counter()
-    try:
-        ns = build_parser().parse_args(["tag", *stage_args, "--store", os.devnull])
-    except SystemExit:  # argparse already printed why
-        raise ConfigError(f"bad mtlc tag arguments: {' '.join(stage_args)}") from None
+    ns = command_namespace(["tag", *stage_args])
     newest = {}
     for p, m in _tag_parts(store):  # newest last: the newest part of a job wins
         newest[m.get("job_id")] = (p, m)

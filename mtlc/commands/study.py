@@ -165,7 +165,7 @@ class _Designs:
         self._data: dict[tuple, Any] = {}
 
     def job_ids(self, stage: dict) -> set[str] | None:
-        from mtlc.reproduce import study_design, train_namespace
+        from mtlc.reproduce import command_namespace, study_design, train_namespace
 
         cmd = stage["command"]
         if not cmd or cmd[0] not in ("train", "tag"):
@@ -173,7 +173,7 @@ class _Designs:
         if cmd[0] == "tag":
             from mtlc.commands import tag
 
-            ns = _namespace(cmd)
+            ns = command_namespace(cmd)
             key = (ns.dataset, ns.recipe, tuple(ns.dataset_arg))
             pl = tag.plan(ns, dataset=self._data.get(key))
             if self.keep_data:
@@ -185,16 +185,6 @@ class _Designs:
         if self.keep_data:
             self._data[key] = inputs.loaded
         return {s.key["job_id"] for s in inputs.design}
-
-
-def _namespace(cmd: Sequence[str]) -> Any:
-    """A stage's command parsed by the real ``mtlc`` parser (a dummy ``--store`` added)."""
-    from mtlc.cli import build_parser
-
-    try:
-        return build_parser().parse_args([*cmd, "--store", os.devnull])
-    except SystemExit:  # argparse already printed why
-        raise ConfigError(f"bad mtlc arguments in a study stage: {' '.join(cmd)}") from None
 
 
 def _peak_rss_reset() -> bool:
@@ -393,13 +383,7 @@ def _verify(stages: list[dict], root: Path, args: argparse.Namespace) -> int:
                 seed=args.verify_seed,
                 max_level=args.verify_max_size,
             )
-            problems = rep.problems()
-            print(f"{rel}: {rep}")
-            print(
-                f"{rel}: "
-                + ("REPRODUCED" if not problems else "NOT REPRODUCED: " + "; ".join(problems))
-            )
-            ok = ok and not problems
+            ok = _report(rel, rep) and ok
         for s in tag_stages:
             path = root / s["store"]
             if not path.is_dir() or not any(path.glob("part-*.parquet")):
@@ -407,16 +391,20 @@ def _verify(stages: list[dict], root: Path, args: argparse.Namespace) -> int:
                 continue
             # a TAG job is a whole training run: --verify N reruns N of them per store
             rep = verify_tag_store(path, s["command"][1:], n=args.verify, seed=args.verify_seed)
-            problems = rep.problems()
-            print(f"{s['store']}: {rep}")
-            print(
-                f"{s['store']}: "
-                + ("REPRODUCED" if not problems else "NOT REPRODUCED: " + "; ".join(problems))
-            )
-            ok = ok and not problems
+            ok = _report(s["store"], rep) and ok
     finally:
         torch.set_num_threads(threads)
     return 0 if ok else 1
+
+
+def _report(store: str, rep: Any) -> bool:
+    """Print a verify report and its verdict; whether the store reproduced."""
+    problems = rep.problems()
+    print(f"{store}: {rep}")
+    print(
+        f"{store}: " + ("REPRODUCED" if not problems else "NOT REPRODUCED: " + "; ".join(problems))
+    )
+    return not problems
 
 
 def train_regime(stage_args: list[str]) -> str | None:
