@@ -118,6 +118,15 @@ class TrainConfig:
         their small matrix products lose more to thread synchronisation than they gain (and a
         study runs one process per core); all-task fleets use torch's own setting. Not part of
         :meth:`hash` (threads never change the numbers on CPU).
+    engine:
+        ``"torch"`` (default; the engine of the stored study) trains a fleet's models together,
+        each operation applied to all of them at once (:class:`mtlc.fleet._Trainer`), on CPU or
+        CUDA. ``"compiled"`` (CPU, one hidden layer, needs numba) trains them one after the
+        other in compiled per-epoch kernels (:mod:`mtlc._compiled`), so each model's state
+        stays in the CPU cache: 1.9-2.5x faster than ``"torch"`` on kiba's single-task cells
+        (``benchmarks/README.md``). Same weights, batches, dropout masks, early stopping and
+        Adam; sums in another order, so numbers agree at float rounding (not part of
+        :meth:`hash`, like ``memory_budget_mb``).
     """
 
     hidden: tuple[int, ...] = (128,)
@@ -134,6 +143,7 @@ class TrainConfig:
     dtype: str = "float32"
     memory_budget_mb: int = 768
     torch_threads: int = 0
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -159,6 +169,20 @@ class TrainConfig:
             raise ConfigError(
                 f"TrainConfig.memory_budget_mb must be >= 1 (MiB), got {self.memory_budget_mb}"
             )
+        if self.engine not in ("torch", "compiled"):
+            raise ConfigError(
+                f"TrainConfig.engine must be 'torch' or 'compiled', got {self.engine!r}"
+            )
+        if self.engine == "compiled" and len(self.hidden) != 1:
+            raise ConfigError(
+                f"TrainConfig.engine='compiled' trains networks with one hidden layer, got "
+                f"hidden={self.hidden}; use engine='torch' for deeper trunks"
+            )
+        if self.engine == "compiled" and self.device not in ("auto", "cpu"):
+            raise ConfigError(
+                f"TrainConfig.engine='compiled' runs on the CPU, got device={self.device!r}; "
+                "use engine='torch' on a GPU"
+            )
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(
                 f"TrainConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}"
@@ -171,9 +195,9 @@ class TrainConfig:
     def hash(self) -> str:
         """Stable 12-hex-digit hash of everything that changes the numbers.
 
-        ``device``, ``memory_budget_mb`` and ``torch_threads`` are left out: the same config
-        on CPU or CUDA, in bigger or smaller fleets, on more or fewer threads, is the same
-        experiment (same numbers).
+        ``device``, ``memory_budget_mb``, ``torch_threads`` and ``engine`` are left out: the
+        same config on CPU or CUDA, in bigger or smaller fleets, on more or fewer threads, with
+        either engine, is the same experiment (same numbers up to float rounding).
         ``min_steps`` and ``min_val_compounds`` are left out when 0 (off), so configs written
         before they existed keep their hash (and their cached results).
         """
@@ -181,6 +205,7 @@ class TrainConfig:
         d.pop("device")
         d.pop("memory_budget_mb")
         d.pop("torch_threads")
+        d.pop("engine")
         for k in ("min_steps", "min_val_compounds"):
             if d[k] == 0:
                 d.pop(k)

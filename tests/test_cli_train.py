@@ -85,3 +85,23 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
     auc = a[a.metric == "roc_auc"]["value"]
     assert auc.between(0, 1).all()
+
+
+def test_engine_option_same_jobs_same_numbers(tmp_path, capsys):
+    """``--engine compiled`` writes the same jobs (the engine is not part of the configuration
+    hash) with the same epochs and, in float32, the same AUCs up to float rounding."""
+    tables = {}
+    for engine in ("torch", "compiled"):
+        store = tmp_path / engine
+        assert main(["train", *TRAIN, "--engine", engine, "--store", str(store)]) == 0
+        tables[engine] = ResultsStore(store).read().sort_values(["job_id", "task", "metric"])
+    a, b = tables["torch"], tables["compiled"]
+    assert len(a) > 0 and list(a["job_id"]) == list(b["job_id"])
+    assert (a["epochs"].to_numpy() == b["epochs"].to_numpy()).all()
+    diff = a["value"].to_numpy() - b["value"].to_numpy()
+    assert abs(pd.Series(diff)).max() < 1e-3
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # argparse: usage and the choices, no traceback
+        main(["train", *TRAIN, "--engine", "jax", "--store", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "choose from 'torch', 'compiled'" in err

@@ -1,4 +1,8 @@
-"""Fleet training equals training each model alone (same init, split, batch order)."""
+"""Fleet training equals training each model alone (same init, split, batch order).
+
+Every equality test runs for both engines: ``torch`` (all models of a fleet per operation) and
+``compiled`` (numba kernels, one model after the other).
+"""
 
 from __future__ import annotations
 
@@ -43,12 +47,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_fleet_matches_one_at_a_time_float64(ds, case):
+ENGINES = ["torch", "compiled"]
+
+
+@pytest.mark.parametrize(
+    ("case", "engine"),
+    # the compiled engine trains one hidden layer (deeper trunks are a ConfigError, tested below)
+    [(c, e) for c in sorted(CASES) for e in ENGINES if (c, e) != ("two_layers", "compiled")],
+)
+def test_fleet_matches_one_at_a_time_float64(ds, case, engine):
     c = CASES[case]
     cfg = TrainConfig(
         **{"hidden": (16,), "dropout": 0.0, "max_epochs": 7, "dtype": "float64", "device": "cpu"}
         | c["cfg"]
+        | {"engine": engine}
     )
     pms = prepare_specs(ds, stl_specs(ds, c["sizes"]), cfg)
     fl = train_fleet(ds.X, pms, cfg)
@@ -70,8 +82,11 @@ def test_fleet_matches_one_at_a_time_float64(ds, case):
         assert max(o.epochs for o in fl) == 20  # one batch per epoch: 20 epochs, not 7
 
 
-def test_multi_head_fleet_matches_reference_float64(ds):
-    cfg = TrainConfig(hidden=(16,), dropout=0.0, max_epochs=5, batch_size=64, dtype="float64")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_multi_head_fleet_matches_reference_float64(ds, engine):
+    cfg = TrainConfig(
+        hidden=(16,), dropout=0.0, max_epochs=5, batch_size=64, dtype="float64", engine=engine
+    )
     specs = [all_task_spec(ds, seed=s) for s in (1, 2)]
     pms = prepare_specs(ds, specs, cfg)
     fl = train_fleet(ds.X, pms, cfg)
@@ -81,8 +96,11 @@ def test_multi_head_fleet_matches_reference_float64(ds):
         assert a.test_scores.shape == (len(pm.test_compounds), ds.n_tasks)
 
 
-def test_fleet_matches_reference_float32(ds):
-    cfg = TrainConfig(hidden=(16,), dropout=0.0, max_epochs=5, batch_size=32, dtype="float32")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fleet_matches_reference_float32(ds, engine):
+    cfg = TrainConfig(
+        hidden=(16,), dropout=0.0, max_epochs=5, batch_size=32, dtype="float32", engine=engine
+    )
     pms = prepare_specs(ds, stl_specs(ds, [40, 60, 80, 100, 30]), cfg)
     fl = train_fleet(ds.X, pms, cfg)
     for pm, a in zip(pms, fl, strict=True):
@@ -93,10 +111,13 @@ def test_fleet_matches_reference_float32(ds):
         )
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_model_does_not_depend_on_its_fleet(ds, dtype):
+def test_model_does_not_depend_on_its_fleet(ds, dtype, engine):
     """Per-spec generators: a model's numbers are the same alone or among others, dropout on."""
-    cfg = TrainConfig(hidden=(16,), dropout=0.3, max_epochs=5, batch_size=24, dtype=dtype)
+    cfg = TrainConfig(
+        hidden=(16,), dropout=0.3, max_epochs=5, batch_size=24, dtype=dtype, engine=engine
+    )
     pms = prepare_specs(ds, stl_specs(ds, [40, 60, 80, 100, 30]), cfg)
     together = train_fleet(ds.X, pms, cfg)
     tol = 1e-10 if dtype == "float64" else 1e-4
@@ -106,17 +127,57 @@ def test_model_does_not_depend_on_its_fleet(ds, dtype):
         assert alone.epochs == together[i].epochs
 
 
-def test_dropout_on_mean_auc_agrees():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dropout_on_mean_auc_agrees(engine):
     """With dropout the masks differ (fleet: per-model generator, loop: torch global RNG);
     the mean AUC over tasks must agree within 0.005."""
     ds = toy(n=900, n_bits=128, k=12, nnz=12, density=0.8, seed=3)
-    cfg = TrainConfig(hidden=(32,), dropout=0.2, max_epochs=10, batch_size=64, dtype="float64")
+    cfg = TrainConfig(
+        hidden=(32,), dropout=0.2, max_epochs=10, batch_size=64, dtype="float64", engine=engine
+    )
     pms = prepare_specs(ds, stl_specs(ds, 300, test_every=3), cfg)
     fl = train_fleet(ds.X, pms, cfg)
     a = np.concatenate([_auc(pm, o.test_scores) for pm, o in zip(pms, fl, strict=True)])
     b = np.concatenate([_auc(pm, train_reference(ds.X, pm, cfg).test_scores) for pm in pms])
     assert abs(np.mean(a) - np.mean(b)) < 0.005
     assert np.mean(a) > 0.7  # it learned something
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [("float64", 1e-10), ("float32", 1e-4)], ids=["float64", "float32"]
+)
+def test_compiled_engine_equals_torch_engine_with_dropout(ds, dtype, tol):
+    """Dropout on, several batches, early stopping, min_steps: the two engines draw the same
+    masks and batches, so they agree up to float rounding, epoch for epoch."""
+    kw = dict(hidden=(16,), dropout=0.3, max_epochs=8, batch_size=24, patience=2, dtype=dtype)
+    kw |= dict(min_steps=12, min_val_compounds=8)
+    pms = prepare_specs(ds, stl_specs(ds, [12, 40, 60, 100, 130]), TrainConfig(**kw))
+    a = train_fleets(ds.X, pms, TrainConfig(**kw))
+    b = train_fleets(ds.X, pms, TrainConfig(**kw, engine="compiled"))
+    for x, y in zip(a, b, strict=True):
+        assert (x.epochs, x.best_epoch) == (y.epochs, y.best_epoch)
+        np.testing.assert_allclose(x.val_losses, y.val_losses, rtol=tol, atol=tol)
+        np.testing.assert_allclose(x.test_scores, y.test_scores, rtol=tol, atol=tol)
+    assert len({o.epochs for o in a}) > 1  # early stopping and min_steps both acted
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        (dict(engine="jax"), "engine must be 'torch' or 'compiled'"),
+        (dict(engine="compiled", hidden=(16, 8)), "one hidden layer"),
+        (dict(engine="compiled", device="cuda"), "runs on the CPU"),
+    ],
+)
+def test_engine_options_are_checked(kw, msg):
+    from mtlc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig(**kw)
+
+
+def test_engine_is_not_part_of_the_hash():
+    assert TrainConfig(engine="compiled").hash() == TrainConfig().hash()
 
 
 def test_plain_adam_fallback_equals_fused(ds, monkeypatch):
