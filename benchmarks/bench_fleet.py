@@ -9,9 +9,12 @@ inner validation split, batch order and early stopping:
   float32 fingerprints (densified once per model), ``torch.optim.Adam``;
 - ``sparse loop`` (a stricter baseline): ``mtlc.training.train_reference``, the same loop on the
   project's sparse ``EmbeddingBag`` network;
-- ``fleet``: ``mtlc.fleet.train_fleets``, all models together.
+- ``fleet (torch)``: ``mtlc.fleet.train_fleets``, all models together, every operation applied to
+  all of them at once (``TrainConfig.engine="torch"``, the stored study's engine);
+- ``fleet (compiled)``: the same with ``engine="compiled"``: numba kernels, one model after the
+  other, each model's state kept in the CPU cache.
 
-Prints wall and CPU time of each, the fleet's speed-up against both loops side by side, and how
+Prints wall and CPU time of each, each fleet's speed-up against both loops side by side, and how
 close the per-task test AUCs are (max and mean absolute difference, difference of the mean AUC).
 
     .venv/bin/python benchmarks/bench_fleet.py            # 201 tasks, size 256
@@ -25,6 +28,7 @@ available) synthetic sparse data of the same shape: 3,800 compounds x 201 tasks,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import sys
 import time
@@ -239,11 +243,16 @@ def main(argv=None) -> int:
         f"hidden {cfg.hidden}, dropout {cfg.dropout}, {cfg.max_epochs} epochs max, "
         f"min_steps {cfg.min_steps}, min_val_compounds {cfg.min_val_compounds}, {cfg.dtype}"
     )
-    train_reference(ds.X, pms[0], cfg)  # warm-up: first-call imports are nobody's cost
+    compiled = dataclasses.replace(cfg, engine="compiled")
+    # warm-up: first-call imports (and numba's cache load or compilation) are nobody's cost
+    train_reference(ds.X, pms[0], cfg)
     train_plain(ds.X, pms[0], cfg)
-    t0, c0 = time.perf_counter(), time.process_time()
-    fl = train_fleets(ds.X, pms, cfg)
-    t_fleet, c_fleet = time.perf_counter() - t0, time.process_time() - c0
+    train_fleets(ds.X, pms[:1], compiled)
+    fleets = {}
+    for name, c in (("fleet (torch)", cfg), ("fleet (compiled)", compiled)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = train_fleets(ds.X, pms, c)
+        fleets[name] = (res, time.perf_counter() - t0, time.process_time() - c0)
     rss_fleet = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_loop = len(pms) if a.loop_tasks is None else min(a.loop_tasks, len(pms))
     loops = {}
@@ -253,36 +262,45 @@ def main(argv=None) -> int:
         t = (time.perf_counter() - t0) * len(pms) / n_loop
         c = (time.process_time() - c0) * len(pms) / n_loop
         loops[name] = (res, t, c)
-    a_f = aucs(pms[:n_loop], fl[:n_loop])
-    ep_f = np.array([o.epochs for o in fl[:n_loop]])
     scaled = "" if n_loop == len(pms) else f" (timed {n_loop}, scaled)"
     print()
     print(
-        "| trainer | models | wall s | CPU s | CPU s/model | fleet speed-up (CPU) "
+        "| trainer | models | wall s | CPU s | CPU s/model | speed-up vs plain loop (CPU) "
         "| mean AUC | mean epochs |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, (res, t, c) in loops.items():
-        a_r = aucs(pms[:n_loop], res)
-        ep_r = np.array([o.epochs for o in res])
+    c_plain = loops["plain loop (dense)"][2]
+    rows = [(name, res, t, c, scaled) for name, (res, t, c) in loops.items()]
+    rows += [(name, res, t, c, "") for name, (res, t, c) in fleets.items()]
+    for name, res, t, c, note in rows:
+        a_r = aucs(pms[:n_loop], res[:n_loop])
+        ep_r = np.array([o.epochs for o in res[:n_loop]])
         print(
-            f"| {name} | {len(pms)}{scaled} | {t:.2f} | {c:.2f} | {c / len(pms):.4f} "
-            f"| {c / c_fleet:.1f}x | {np.nanmean(a_r):.4f} | {ep_r.mean():.1f} |"
+            f"| {name} | {len(pms)}{note} | {t:.2f} | {c:.2f} | {c / len(pms):.4f} "
+            f"| {c_plain / c:.1f}x | {np.nanmean(a_r):.4f} | {ep_r.mean():.1f} |"
         )
-    print(
-        f"| fleet | {len(pms)} | {t_fleet:.2f} | {c_fleet:.2f} | {c_fleet / len(pms):.4f} "
-        f"| 1.0x | {np.nanmean(a_f):.4f} | {ep_f.mean():.1f} |"
-    )
     print()
-    print(f"torch threads {torch.get_num_threads()}")
-    for name, (res, t, c) in loops.items():
-        a_r = aucs(pms[:n_loop], res)
-        d = np.abs(a_f - a_r)
-        print(
-            f"fleet vs {name}: {t / t_fleet:.1f}x wall, {c / c_fleet:.1f}x CPU; AUC over "
-            f"{n_loop} models: |mean diff| {abs(np.nanmean(a_f) - np.nanmean(a_r)):.4f}, "
-            f"max |diff| {np.nanmax(d):.4f}, mean |diff| {np.nanmean(d):.4f}"
-        )
+    print(f"torch threads {torch.get_num_threads()}; AUC and epochs over the first {n_loop} models")
+    for fname, (fl, t_fleet, c_fleet) in fleets.items():
+        a_f = aucs(pms[:n_loop], fl[:n_loop])
+        for name, (res, t, c) in loops.items():
+            a_r = aucs(pms[:n_loop], res)
+            d = np.abs(a_f - a_r)
+            print(
+                f"{fname} vs {name}: {t / t_fleet:.1f}x wall, {c / c_fleet:.1f}x CPU; AUC over "
+                f"{n_loop} models: |mean diff| {abs(np.nanmean(a_f) - np.nanmean(a_r)):.4f}, "
+                f"max |diff| {np.nanmax(d):.4f}, mean |diff| {np.nanmean(d):.4f}"
+            )
+    (ft, _, c_t), (fc, _, c_c) = fleets.values()
+    sa = np.concatenate([o.test_scores.ravel() for o in ft])
+    sb = np.concatenate([o.test_scores.ravel() for o in fc])
+    a_t, a_c = aucs(pms, ft), aucs(pms, fc)
+    same_ep = np.mean([x.epochs == y.epochs for x, y in zip(ft, fc, strict=True)])
+    print(
+        f"compiled vs torch engine, all {len(pms)} models: {c_t / c_c:.2f}x CPU; epochs equal "
+        f"for {same_ep:.1%}; max |score diff| {np.abs(sa - sb).max():.2e}; "
+        f"max |AUC diff| {np.nanmax(np.abs(a_t - a_c)):.4f}"
+    )
     print(f"peak RSS after fleet: {rss_fleet:.0f} MB")
     return 0
 
