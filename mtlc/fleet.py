@@ -51,7 +51,6 @@ frozen sums, label codes, random streams, early stopping, test scoring):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -361,8 +360,34 @@ def _fused_adam_available(dev: torch.device, dt: torch.dtype) -> bool:
         return False
 
 
+def _verdict(
+    v: float,
+    epoch: int,
+    best_loss: float,
+    best_epoch: int,
+    e_min: int,
+    e_max: int,
+    patience: int,
+    has_val: bool,
+) -> tuple[bool, bool, bool]:
+    """Early stopping after an epoch with validation loss ``v``: (improved, stop, snapshot).
+
+    Stop when the budget ``e_max`` is spent, or after ``patience`` epochs without a strict
+    improvement once ``e_min`` epochs are done. A model without inner validation "improves"
+    every epoch (``v = -epoch``) and keeps its last one: its weights are snapshotted only when
+    it stops (small models train min_steps epochs; copying every epoch was a sizeable share
+    of their time).
+    """
+    improved = v < best_loss
+    stop = epoch >= e_max or (not improved and epoch >= e_min and epoch - best_epoch >= patience)
+    return improved, stop, improved and (stop or has_val)
+
+
 class _Trainer:
     """One fleet's state and loop (see the module docstring)."""
+
+    #: device forced by an engine (None: ``TrainConfig.device``)
+    _device: str | None = None
 
     def __init__(
         self,
@@ -372,7 +397,7 @@ class _Trainer:
         bits: Sequence[np.ndarray] | None = None,
     ):
         self.cfg = config
-        self.dev = resolve_device(config.device)
+        self.dev = resolve_device(self._device or config.device)
         self.dt = config.torch_dtype
         self.models = list(models)
         M = len(models)
@@ -662,17 +687,14 @@ class _Trainer:
             for j, mi in enumerate(active):
                 v = vl[j] if self.n_va[mi] else -float(epoch)
                 losses[mi].append(float(v))
-                if v < best_loss[mi]:
+                better, stop[j], snap = _verdict(
+                    v, epoch, best_loss[mi], best_epoch[mi], e_min[mi], e_max[mi],
+                    cfg.patience, bool(self.n_va[mi]),
+                )  # fmt: skip
+                if better:
                     best_loss[mi], best_epoch[mi] = v, epoch
+                if snap:
                     improved.append(j)
-                elif epoch >= e_min[mi] and epoch - best_epoch[mi] >= cfg.patience:
-                    stop[j] = True
-                if epoch >= e_max[mi]:  # its whole budget is spent
-                    stop[j] = True
-            # a model without inner validation "improves" every epoch and keeps its last one:
-            # snapshot it only when it stops (small models train min_steps epochs; copying
-            # their weights every epoch was a sizeable share of their time)
-            improved = [j for j in improved if stop[j] or self.n_va[active[j]]]
             with torch.no_grad():
                 # slice copies run at memcpy speed, unlike index_select; one per run of
                 # consecutive positions whose model ids are consecutive too
@@ -922,21 +944,13 @@ class _CompiledTrainer(_Trainer):
     :mod:`mtlc._compiled`). Same set-up (stacked parameters, frozen sums, label codes), random
     streams, early stopping and test scoring as :class:`_Trainer`."""
 
-    def __init__(
-        self,
-        X: sp.csr_matrix,
-        models: Sequence[PreparedModel],
-        config: TrainConfig,
-        bits: Sequence[np.ndarray] | None = None,
-    ):
-        super().__init__(X, models, dataclasses.replace(config, device="cpu"), bits=bits)
+    _device = "cpu"
 
     def _optimizer_state(self) -> None:
-        # models train one after the other: one model's Adam moments, reused; no gradient
-        # buffer (the kernel updates the first layer row by row)
+        # models train one after the other: one model's Adam moments, reused (its step count
+        # lives in the kernel's loop); no gradient buffer (the first layer is updated row by row)
         self.exp_avg = [torch.zeros_like(p[:1]) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p[:1]) for p in self.params]
-        self.steps = torch.zeros((len(self.params), 1), dtype=torch.float32)
         self._gbuf = torch.zeros((0, self.cfg.hidden[0]), dtype=self.dt)
 
     def run(self) -> list[TrainOutcome]:
@@ -988,14 +1002,12 @@ class _CompiledTrainer(_Trainer):
                 )  # fmt: skip
                 v = float(vl) if self.n_va[j] else -float(epoch)
                 losses.append(v)
-                stop = epoch >= e_max
-                improved = v < best_loss
-                if improved:
+                better, stop, snap = _verdict(
+                    v, epoch, best_loss, best_epoch, e_min, e_max, cfg.patience, bool(self.n_va[j])
+                )
+                if better:
                     best_loss, best_epoch = v, epoch
-                elif epoch >= e_min and epoch - best_epoch >= cfg.patience:
-                    stop = True
-                # a model without inner validation keeps its last epoch: copy it once, at the end
-                if improved and (stop or self.n_va[j]):
+                if snap:
                     for a, b in zip(ps, best, strict=True):
                         b[j] = a
                 if stop:

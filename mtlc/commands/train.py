@@ -181,7 +181,7 @@ def _config(args: argparse.Namespace) -> Any:
         kw["batch_size"] = args.batch_size
     if args.device is not None:
         kw["device"] = args.device
-    if getattr(args, "engine", None) is not None:
+    if args.engine is not None:
         kw["engine"] = args.engine
     if args.min_steps is not None:
         kw["min_steps"] = args.min_steps
