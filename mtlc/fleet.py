@@ -955,7 +955,7 @@ class _CompiledTrainer(_Trainer):
 
     def run(self) -> list[TrainOutcome]:
         try:
-            from mtlc._compiled import train_epoch
+            from mtlc._compiled import pcg64_state, set_pcg64_state, train_model
         except ImportError as exc:  # numba is a dependency; a broken install says so
             raise ConfigError(
                 f"TrainConfig.engine='compiled' needs numba ({exc}): pip install numba, or "
@@ -977,42 +977,28 @@ class _CompiledTrainer(_Trainer):
         for j, m in enumerate(self.models):
             t0 = time.perf_counter()
             n, bs = int(self.n_tr[j]), cfg.batch_size
-            one_batch = m.n_batches(bs) == 1
             e_min, e_max = m.epoch_budget(cfg)
             va_rows = self.va_start[j] + np.arange(self.n_va[j], dtype=np.int64)
-            ps = [a[j] for a in arr]
             for x in (*mom, *sq):
                 x.fill(0.0)
-            args = (*ps, mom[0][0], sq[0][0], mom[1][0], sq[1][0], mom[2][0], sq[2][0],
-                    mom[3][0], sq[3][0])  # fmt: skip
             u = np.empty((n, H), dtype=np.float32) if p_drop > 0 else no_u
-            natural = self.tr_start[j] + np.arange(n, dtype=np.int64)
-            step, best_loss, best_epoch, epoch = 0, np.inf, 0, 0
-            losses: list[float] = []
-            for epoch in range(1, e_max + 1):
-                # one batch holds the whole set: natural order, as the torch engine
-                order = (
-                    natural if one_batch else self.tr_start[j] + self.order_rng[j].permutation(n)
-                )
-                if p_drop > 0:
-                    self.drop_gen[j].random(out=u, dtype=np.float32)
-                step, vl = train_epoch(
-                    *args, step, int(self.n_rows[j]), order, bs, rowptr, cidx, lab, u, p_drop,
-                    cfg.lr, cfg.weight_decay, va_rows, va_ptr, va_idx, va_lab, va_frozen,
-                )  # fmt: skip
-                v = float(vl) if self.n_va[j] else -float(epoch)
-                losses.append(v)
-                better, stop, snap = _verdict(
-                    v, epoch, best_loss, best_epoch, e_min, e_max, cfg.patience, bool(self.n_va[j])
-                )
-                if better:
-                    best_loss, best_epoch = v, epoch
-                if snap:
-                    for a, b in zip(ps, best, strict=True):
-                        b[j] = a
-                if stop:
-                    break
-            out_meta.append((epoch, best_epoch, time.perf_counter() - t0, losses))
+            start = self.tr_start[j]
+            if m.n_batches(bs) == 1:  # one batch holds the whole set: natural order
+                orders = start + np.arange(n, dtype=np.int64)[None, :]
+            else:  # every epoch's order at once: the same stream the torch engine draws
+                orders = start + np.stack([self.order_rng[j].permutation(n) for _ in range(e_max)])
+            gen = self.drop_gen[j]
+            st = pcg64_state(gen)  # the dropout stream, drawn in compiled code
+            losses = np.empty(e_max)
+            epoch, best_epoch = train_model(
+                *(a[j] for a in arr), *(x[0] for pair in zip(mom, sq, strict=True) for x in pair),
+                *(b[j] for b in best),
+                int(self.n_rows[j]), orders, bs, rowptr, cidx, lab, st, u, p_drop, cfg.lr,
+                cfg.weight_decay, va_rows, va_ptr, va_idx, va_lab, va_frozen,
+                e_min, e_max, cfg.patience, losses,
+            )  # fmt: skip
+            set_pcg64_state(gen, st)
+            out_meta.append((epoch, best_epoch, time.perf_counter() - t0, losses[:epoch].tolist()))
         scores = self._test_scores()
         return [
             TrainOutcome(
