@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "prepare_specs",
     "init_weights",
     "train_models",
+    "compare_engines",
     "train_reference",
     "RESULT_COLUMNS",
 ]
@@ -515,6 +516,54 @@ def train_models(
     prepared = prepare_specs(ds, specs, config)
     outcomes = train_fleets(ds.X, prepared, config, progress=progress, max_bytes=max_fleet_bytes)
     return _result_table(ds, specs, prepared, outcomes)
+
+
+def compare_engines(
+    ds: MultiTaskDataset,
+    specs: Sequence[ModelSpec],
+    config: TrainConfig,
+    *,
+    engines: Sequence[str] = ("torch", "compiled"),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train the same specs with each training engine (``TrainConfig.engine``), side by side.
+
+    Each engine first trains one spec untimed (imports, numba's compilation or cache load), then
+    all specs, timed in CPU seconds of this process (``time.process_time``: the same on a busy
+    machine as on a quiet one, up to cache effects).
+
+    Returns ``(per_model, per_engine)``: ``per_model`` has one row per (spec, evaluated task)
+    with the spec's key columns, ``task``, and per engine ``auc_<engine>`` (test ROC-AUC) and
+    ``epochs_<engine>``; ``per_engine`` one row per engine with ``models``, ``cpu_seconds``
+    (training and test scoring of all specs), ``mean_auc`` and ``mean_epochs``.
+    """
+    if not specs:
+        raise ConfigError("compare_engines needs at least one ModelSpec")
+    per_model, summary = None, []
+    for engine in engines:
+        cfg = replace(config, engine=engine)
+        train_models(ds, specs[:1], cfg)  # warm-up, untimed
+        c0 = time.process_time()
+        res = train_models(ds, specs, cfg)
+        cpu = time.process_time() - c0
+        auc = res[res["metric"] == "roc_auc"]
+        cols = [c for c in auc.columns if c not in RESULT_COLUMNS or c == "task"]
+        part = auc[cols].assign(
+            **{
+                f"auc_{engine}": auc["value"].to_numpy(),
+                f"epochs_{engine}": auc["epochs"].to_numpy(),
+            }
+        )
+        per_model = part if per_model is None else per_model.merge(part, on=cols, how="outer")
+        summary.append(
+            {
+                "engine": engine,
+                "models": len(specs),
+                "cpu_seconds": cpu,
+                "mean_auc": float(auc["value"].mean()),
+                "mean_epochs": float(auc.drop_duplicates(cols)["epochs"].mean()),
+            }
+        )
+    return per_model.reset_index(drop=True), pd.DataFrame(summary)
 
 
 def _result_table(

@@ -11,6 +11,7 @@ import pytest
 from _training_data import all_task_spec, stl_specs, toy
 
 import mtlc.fleet as fleet
+from mtlc.errors import ConfigError
 from mtlc.evaluate import score_task
 from mtlc.fleet import plan_fleets, train_fleet, train_fleets
 from mtlc.training import TrainConfig, prepare_specs, train_reference
@@ -161,6 +162,24 @@ def test_compiled_engine_equals_torch_engine_with_dropout(ds, dtype, tol):
     assert len({o.epochs for o in a}) > 1  # early stopping and min_steps both acted
 
 
+def test_compare_engines_side_by_side(ds):
+    """``compare_engines``: one row per (model, task) with both engines' AUC and epochs, one
+    row per engine with its CPU time; the engines agree model by model."""
+    from mtlc.training import compare_engines
+
+    cfg = TrainConfig(hidden=(16,), dropout=0.2, max_epochs=6, batch_size=32, dtype="float64")
+    specs = stl_specs(ds, [40, 60, 80, 100, 30])
+    per_model, per_engine = compare_engines(ds, specs, cfg)
+    assert len(per_model) == 5 and per_model["task"].nunique() == 5
+    np.testing.assert_allclose(per_model["auc_torch"], per_model["auc_compiled"], atol=1e-12)
+    assert (per_model["epochs_torch"] == per_model["epochs_compiled"]).all()
+    assert per_engine["engine"].tolist() == ["torch", "compiled"]
+    assert (per_engine["models"] == 5).all() and (per_engine["cpu_seconds"] > 0).all()
+    assert per_engine["mean_auc"].iloc[0] == pytest.approx(per_model["auc_torch"].mean())
+    with pytest.raises(ConfigError, match="at least one"):
+        compare_engines(ds, [], cfg)
+
+
 @pytest.mark.parametrize(
     ("kw", "msg"),
     [
@@ -170,8 +189,6 @@ def test_compiled_engine_equals_torch_engine_with_dropout(ds, dtype, tol):
     ],
 )
 def test_engine_options_are_checked(kw, msg):
-    from mtlc.errors import ConfigError
-
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**kw)
 
