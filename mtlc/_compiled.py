@@ -1,13 +1,13 @@
 """Compiled CPU kernels (numba) of the ``compiled`` training engine (see :mod:`mtlc.fleet`).
 
-One call of :func:`train_epoch` runs one epoch of ONE one-hidden-layer network: every batch
-(forward as a sum of the set bits' first-layer rows, masked BCE, backward, then row by row the
-first-layer gradient and its Adam update, Adam over the other parameters) and then the inner
-validation loss. The fleet's models are trained one after the other, epoch by epoch, so a
-model's state (parameters and Adam moments: 3 x R x H floats, under 3 MB for kiba's widest
-single-task models) stays in the CPU cache for its whole training. The torch engine
-instead applies every operation to all models at once, which streams every model's state
-through main memory once per operation and step.
+One call of :func:`train_model` trains ONE one-hidden-layer network: its epochs
+(:func:`train_epoch`: every batch's forward as a sum of the set bits' first-layer rows, masked
+BCE, backward, then row by row the first-layer gradient and its Adam update, Adam over the
+other parameters; then the inner validation loss), early stopping and best-epoch snapshots.
+The fleet's models are trained one after the other, so a model's state (parameters and Adam
+moments: 3 x R x H floats, under 3 MB for kiba's widest single-task models) stays in the CPU
+cache for its whole training. The torch engine instead applies every operation to all models
+at once, which streams every model's state through main memory once per operation and step.
 
 The two hot loops, summing first-layer rows (forward) and summing a row's compounds' gradients
 then its Adam update (backward), are LLVM vector code written with ``numba.extending.intrinsic``
@@ -16,7 +16,7 @@ then its Adam update (backward), are LLVM vector code written with ``numba.exten
 re-loads and re-stores the output row for every added row: 2x slower, measured).
 :func:`fill_uniform` draws the dropout uniforms from the model's own numpy ``PCG64`` stream,
 bit for bit what ``Generator.random(dtype=np.float32)`` draws, 2.5x faster (four interleaved
-states; numpy's float32 draws cost more than the whole forward pass).
+states; numpy's float32 draws cost about as much as the whole forward pass).
 
 The arithmetic is the torch engine's (same initial weights, batches, dropout masks, loss and Adam
 update as ``torch._fused_adam_``, with ``sqrt(v) * (1 / bc2)`` for ``sqrt(v) / bc2``); sums run

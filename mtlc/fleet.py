@@ -42,9 +42,9 @@ frozen sums, label codes, random streams, early stopping, test scoring):
 - ``"torch"`` (:class:`_Trainer`, default, CPU or CUDA): every operation of a step applied to
   all active models at once, as described above;
 - ``"compiled"`` (:class:`_CompiledTrainer`, CPU, one hidden layer): the models one after the
-  other, each epoch one call of a numba kernel (:mod:`mtlc._compiled`), so a model's parameters
-  and Adam moments stay in the CPU cache while it trains instead of streaming through memory
-  once per operation; about 2x faster on kiba's single-task cells
+  other, each model's whole training one call of a numba kernel (:mod:`mtlc._compiled`), so a
+  model's parameters and Adam moments stay in the CPU cache while it trains instead of streaming
+  through memory once per operation; 2-4x faster on kiba's single-task cells
   (``benchmarks/bench_fleet.py``). Same numbers up to float rounding (tested).
 """
 
@@ -939,8 +939,8 @@ def _stack_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> _Csr:
 
 
 class _CompiledTrainer(_Trainer):
-    """The ``compiled`` engine: the fleet's models one after the other, each epoch one call of
-    :func:`mtlc._compiled.train_epoch`, so a model's state stays in the CPU cache (see
+    """The ``compiled`` engine: the fleet's models one after the other, each model's training
+    one call of :func:`mtlc._compiled.train_model`, so a model's state stays in the CPU cache (see
     :mod:`mtlc._compiled`). Same set-up (stacked parameters, frozen sums, label codes), random
     streams, early stopping and test scoring as :class:`_Trainer`."""
 

@@ -124,7 +124,7 @@ class TrainConfig:
         each operation applied to all of them at once (:class:`mtlc.fleet._Trainer`), on CPU or
         CUDA. ``"compiled"`` (CPU, one hidden layer, needs numba) trains them one after the
         other in compiled per-epoch kernels (:mod:`mtlc._compiled`), so each model's state
-        stays in the CPU cache: 1.9-2.5x faster than ``"torch"`` on kiba's single-task cells
+        stays in the CPU cache: 2-4x faster than ``"torch"`` on kiba's single-task cells
         (``benchmarks/README.md``). Same weights, batches, dropout masks, early stopping and
         Adam; sums in another order, so numbers agree at float rounding (not part of
         :meth:`hash`, like ``memory_budget_mb``).

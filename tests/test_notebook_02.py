@@ -51,6 +51,18 @@ def test_design_covers_the_tasks_and_folds(g):
     assert g["profile_used"] in ("smoke", "full", "smoke (fallback)")
 
 
+def test_two_engines_train_the_same_networks(g):
+    """The chapter's engine comparison (one kiba cell, the study's configuration): every model
+    stops at the same epoch with both engines and the test AUCs agree to float rounding."""
+    assert g["engine_models"] >= 10
+    assert g["engine_models"] + g["engine_skipped"] == g["engine_tasks"]  # none lost silently
+    assert g["engine_epochs_equal"] == 1.0
+    assert g["engine_max_auc_diff"] < 1e-3
+    a_torch, a_compiled = g["engine_mean_auc"]
+    assert 0.6 < a_torch < 1 and abs(a_torch - a_compiled) < 1e-3
+    assert g["engine_speedup"] > 0  # a measured ratio (benchmarks/ asserts the speed)
+
+
 # ------------------------------------------------------------------ paired summaries, kinase200
 
 DATASETS = ["kiba_paired", "k200"]
