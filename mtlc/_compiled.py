@@ -107,28 +107,26 @@ def _sum_rows_ir(builder, src, idx, start, end, col_bytes, elt, isz, lanes, vt, 
 
 
 def _make_row_sum(nvec: int):
-    """Intrinsic ``f(out, src, idx, start, end, col, zero)``: ``out[col : col + nvec * lanes]``
-    (1-D) ``+= sum of src[idx[e], same columns]`` over e in [start, end) (``out`` starts at 0
-    when ``zero``)."""
+    """Intrinsic ``f(out, src, idx, start, end, col)``: ``out[col : col + nvec * lanes]``
+    (1-D) ``+= sum of src[idx[e], same columns]`` over e in [start, end)."""
 
     @intrinsic
-    def row_sum(typingctx, out, src, idx, start, end, col, zero):
+    def row_sum(typingctx, out, src, idx, start, end, col):
         i = types.int64
-        sig = types.void(out, src, idx, i, i, i, types.boolean)
+        sig = types.void(out, src, idx, i, i, i)
 
         def codegen(context, builder, signature, args):
             o, s, ix = (
                 context.make_array(t)(context, builder, a)
                 for t, a in zip(signature.args[:3], args[:3], strict=True)
             )
-            start, end, col, zero = args[3:]
+            start, end, col = args[3:]
             elt, isz, lanes, vt = _vec(context, signature.args[0].dtype)
             obase = builder.gep(o.data, [col])
             optr = [_lane_ptr(builder, obase, k, lanes, vt) for k in range(nvec)]
             slots = [cgutils.alloca_once(builder, vt) for _ in range(nvec)]
             for p, slot in zip(optr, slots, strict=True):
-                init = builder.load(p, align=isz)
-                builder.store(builder.select(zero, ir.Constant(vt, None), init), slot)
+                builder.store(builder.load(p, align=isz), slot)
             col_bytes = builder.mul(col, ir.Constant(ir.IntType(64), isz))
             _sum_rows_ir(builder, s, ix, start, end, col_bytes, elt, isz, lanes, vt, slots)
             for p, slot in zip(optr, slots, strict=True):
@@ -205,21 +203,19 @@ _row_grad_adam8, _row_grad_adam1 = _make_row_grad_adam(8), _make_row_grad_adam(1
 
 
 @njit(**_INLINE)
-def _add_rows(out, src, idx, start, end, zero=False):  # pragma: no cover - compiled
-    """``out += src[idx[e]]`` for e in [start, end), in that order (``out = 0`` first when
-    ``zero``): blocks of 8 vectors, then single vectors, then the last columns one by one."""
+def _add_rows(out, src, idx, start, end):  # pragma: no cover - compiled
+    """``out += src[idx[e]]`` for e in [start, end), in that order: blocks of 8 vectors, then
+    single vectors, then the last columns one by one."""
     H = out.shape[0]
     lanes = 64 // out.itemsize
     c = 0
     while c + 8 * lanes <= H:
-        _row_sum8(out, src, idx, start, end, c, zero)
+        _row_sum8(out, src, idx, start, end, c)
         c += 8 * lanes
     while c + lanes <= H:
-        _row_sum1(out, src, idx, start, end, c, zero)
+        _row_sum1(out, src, idx, start, end, c)
         c += lanes
     if c < H:
-        if zero:
-            out[c:] = 0.0
         for e in range(start, end):
             s = src[idx[e]]
             for h in range(c, H):
@@ -292,9 +288,9 @@ def train_epoch(
     """One epoch of one model; returns (steps taken so far, validation loss).
 
     ``rstart``/``comp`` hold, after a batch, where each first-layer row's compounds start and
-    their batch positions; a model whose epoch is one batch in the same order every epoch
-    passes ``resort=False`` after its first epoch and reuses them (``comp`` must hold the bits
-    of the largest batch).
+    their batch positions (``comp`` must hold the bits of the largest batch). An epoch of
+    several batches sorts every batch; an epoch of one batch (the whole set, in the same order
+    every epoch) sorts only when ``resort`` (its first epoch) and reuses them after.
     """
     H, T = w2.shape[0], w2.shape[1]
     dt = w1.dtype.type
@@ -420,14 +416,13 @@ def train_model(
     step, best_loss, best_epoch, epoch = 0, np.inf, 0, 0
     for epoch in range(1, e_max + 1):
         order = orders[0] if one_batch else orders[epoch - 1]
-        resort = epoch == 1 or not one_batch  # one batch, same order: the sort is kept
         if p_drop > 0:
             fill_uniform(st, u)
         step, vl = train_epoch(
             w1, b1, w2, b2, mw1, vw1, mb1, vb1, mw2, vw2, mb2, vb2, step, n_rows, order,
             batch_size, rowptr, cidx, lab, u, p_drop, lr, wd,
             va_rows, va_rowptr, va_cidx, va_lab, va_frozen,
-            rstart, comp, resort,
+            rstart, comp, epoch == 1,
         )  # fmt: skip
         v = vl if has_val else -float(epoch)
         losses[epoch - 1] = v

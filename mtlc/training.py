@@ -123,7 +123,7 @@ class TrainConfig:
         ``"torch"`` (default; the engine of the stored study) trains a fleet's models together,
         each operation applied to all of them at once (:class:`mtlc.fleet._Trainer`), on CPU or
         CUDA. ``"compiled"`` (CPU, one hidden layer, needs numba) trains them one after the
-        other in compiled per-epoch kernels (:mod:`mtlc._compiled`), so each model's state
+        other in compiled kernels, one call per model (:mod:`mtlc._compiled`), so each model's state
         stays in the CPU cache: 2-4x faster than ``"torch"`` on kiba's single-task cells
         (``benchmarks/README.md``). Same weights, batches, dropout masks, early stopping and
         Adam; sums in another order, so numbers agree at float rounding (not part of
